@@ -1,0 +1,1 @@
+"""Broker helpers: a private Redis-compatible server process and its binaries."""

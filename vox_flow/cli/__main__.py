@@ -1,0 +1,5 @@
+import sys
+
+from vox_flow.cli import main
+
+sys.exit(main())

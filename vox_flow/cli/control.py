@@ -1,0 +1,39 @@
+"""`vox-flow control`: run the control service (op-log from Celery events, audit outbox,
+periodic signed checkpoints) until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from types import FrameType
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add the `control` sub-command."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "control",
+        help="run the control service: op-log from Celery events, audit outbox, checkpoints",
+        description="Open the control store, finish audited effects a crash left pending, then "
+        "record every task and node state change in the op-log and sign a checkpoint of the "
+        "audit log every VOX_FLOW_CONTROL_CHECKPOINT_SECONDS, until SIGTERM or SIGINT.",
+    )
+    parser.add_argument("-l", "--loglevel", default="info", help="log level (default: info)")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from vox_flow.app import app
+    from vox_flow.control.service import ControlService
+
+    logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s %(name)s] %(message)s")
+    service = ControlService(app)
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        logging.getLogger(__name__).info("%s: stopping", signal.Signals(signum).name)
+        service.stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return service.run()

@@ -1,0 +1,1 @@
+"""The control service's parts: the signed audit log, its actions seam, and the op-log."""

@@ -1,0 +1,151 @@
+"""Feed the op-log from Celery's own event stream (``app.events.Receiver``).
+
+Workers must send task events (``celery worker -E`` or ``worker_send_task_events``).
+``submitted`` ops come only from ``task-sent`` events, which Celery's ``apply_async`` sends
+with ``task_send_sent_event``; vox_flow's ``submit`` writes its messages with one Redis
+script and sends none, so the first op of a submitted task is ``received`` (a task still
+waiting in its queue is not in the op-log yet). A ``task-failed`` whose exception is
+vox_flow's ``DeadLettered`` is a ``dead_lettered`` op. Events are buffered briefly and
+appended in small batches, so a busy broker costs one transaction per batch, not per event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+
+from vox_flow.contracts.audit import OpEvent, OpKind
+from vox_flow.control.oplog import NewOp, OpLog
+
+TASK_EVENTS: dict[str, OpEvent] = {
+    "task-sent": OpEvent.SUBMITTED,
+    "task-received": OpEvent.RECEIVED,
+    "task-started": OpEvent.STARTED,
+    "task-retried": OpEvent.RETRIED,
+    "task-succeeded": OpEvent.SUCCEEDED,
+    "task-failed": OpEvent.FAILED,
+    "task-rejected": OpEvent.REJECTED,
+    "task-revoked": OpEvent.REVOKED,
+}
+_KEPT_FIELDS = ("name", "queue", "exception", "runtime", "retries")
+# The repr Celery puts in a task-failed event when the worker dead-lettered the task
+# (vox_flow.errors.DeadLettered, raised after the dead letter is stored).
+DEAD_LETTERED_PREFIX = "DeadLettered("
+
+
+# A node silent this long has left, even if it never said so (killed, machine lost). Celery
+# workers send a heartbeat every 2 s; the mesh's rule is "offline after 60 s".
+OFFLINE_AFTER_SECONDS = 60.0
+
+
+class EventMapper:
+    """Turns Celery events into ops; remembers which nodes are online and when last heard."""
+
+    def __init__(self, offline_after: float = OFFLINE_AFTER_SECONDS) -> None:
+        self.online: set[str] = set()
+        self.offline_after = offline_after
+        self.last_heard: dict[str, float] = {}
+
+    def silent(self, now: float) -> list[NewOp]:
+        """A ``left`` op for every online node not heard from for ``offline_after`` seconds."""
+        gone = [h for h in self.online if now - self.last_heard.get(h, now) >= self.offline_after]
+        ops = []
+        for host in sorted(gone):
+            self.online.discard(host)
+            at = datetime.fromtimestamp(self.last_heard[host] + self.offline_after, UTC)
+            ops.append(NewOp(OpKind.NODE, host, OpEvent.LEFT, {"reason": "silent"}, at))
+        return ops
+
+    def op(self, event: Mapping[str, Any]) -> NewOp | None:
+        """The op an event stands for, or None when it changes nothing."""
+        kind: str = event.get("type", "")
+        stamp = event.get("timestamp")
+        at = datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, (int, float)) else None
+        host = event.get("hostname")
+        if kind in TASK_EVENTS and event.get("uuid"):
+            data = {k: event[k] for k in _KEPT_FIELDS if event.get(k) is not None}
+            if kind != "task-sent" and isinstance(host, str):
+                data["node"] = host
+            op_event = TASK_EVENTS[kind]
+            if kind == "task-failed" and str(event.get("exception", "")).startswith(
+                DEAD_LETTERED_PREFIX
+            ):
+                op_event = OpEvent.DEAD_LETTERED
+            return NewOp(OpKind.TASK, str(event["uuid"]), op_event, _jsonable(data), at)
+        if not isinstance(host, str):
+            return None
+        if isinstance(stamp, (int, float)):
+            self.last_heard[host] = float(stamp)
+        if kind == "worker-online" or (kind == "worker-heartbeat" and host not in self.online):
+            self.online.add(host)
+            return NewOp(OpKind.NODE, host, OpEvent.JOINED, {}, at)
+        if kind == "worker-offline":
+            self.online.discard(host)
+            return NewOp(OpKind.NODE, host, OpEvent.LEFT, {}, at)
+        return None
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if isinstance(v, (str, int, float, bool)) else str(v) for k, v in data.items()}
+
+
+def ingest(
+    app: Celery,
+    oplog: OpLog,
+    *,
+    stop: threading.Event,
+    flush_every: float = 0.2,
+    batch: int = 500,
+    mapper: EventMapper | None = None,
+) -> int:
+    """Append an op for every relevant event on ``app``'s broker until ``stop`` is set.
+
+    Returns how many ops were appended. Events are at most ``flush_every`` seconds (or
+    ``batch`` events) in the buffer before they are written, and are written however the
+    loop ends. Pass the same ``mapper`` to a call that resumes after a lost connection, so
+    nodes already known online are not joined again.
+    """
+    mapper = mapper or EventMapper()
+    buffer: list[NewOp] = []
+    oldest = 0.0
+    written = 0
+
+    def flush() -> None:
+        nonlocal written
+        if buffer:
+            oplog.append_many(buffer)
+            written += len(buffer)
+            buffer.clear()
+
+    with contextlib.ExitStack() as cleanup:
+        # Whatever ends the loop (stop, a lost broker connection), buffered ops are written.
+        cleanup.callback(flush)
+        connection = cleanup.enter_context(app.connection_for_read())
+        receiver: Any = app.events.Receiver(connection, handlers={})
+
+        def handle(event: dict[str, Any]) -> None:
+            nonlocal oldest
+            op = mapper.op(event)
+            if op is not None:
+                if not buffer:
+                    oldest = time.monotonic()
+                buffer.append(op)
+            if len(buffer) >= batch or (buffer and time.monotonic() - oldest >= flush_every):
+                flush()
+            if stop.is_set():
+                receiver.should_stop = True
+
+        receiver.handlers = {"*": handle}
+        while not stop.is_set():
+            # An idle broker raises a timeout after flush_every: time to flush and look at stop.
+            with contextlib.suppress(TimeoutError):
+                receiver.capture(limit=None, timeout=flush_every, wakeup=False)
+            buffer.extend(mapper.silent(time.time()))
+            flush()
+    return written

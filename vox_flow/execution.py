@@ -1,0 +1,233 @@
+"""How a typed task runs in a worker: validate, claim its key, run, retry or dead-letter.
+
+Attempts are numbered by the ``vf_attempt`` message header, which vox_flow raises on every
+retry and on every run lost to a dead worker (lostrun.py), so the count survives redelivery.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+from celery import Task
+from celery.exceptions import Retry
+from celery.worker.request import Request
+from pydantic import ValidationError
+
+from vox_flow.attempts import AttemptLog
+from vox_flow.contracts.task import (
+    HEADER_ATTEMPT,
+    HEADER_KEY,
+    Attempt,
+    AttemptOutcome,
+    DeadLetter,
+    DeadLetterReason,
+)
+from vox_flow.deadletter import DeadLetterStore
+from vox_flow.errors import DeadLettered, PayloadError
+from vox_flow.idempotency import IdempotencyStore
+from vox_flow.lostrun import settle
+from vox_flow.runstate import running
+from vox_flow.telemetry import current_trace_id
+
+if TYPE_CHECKING:
+    from vox_flow.app import VoxFlow
+    from vox_flow.tasks import TypedTask
+
+# A typed task returns its result as JSON text: {"vf": 1, "output": ..., "trace_id": ...}.
+# Text, not a dict, because Celery walks a returned dict with saferepr for every
+# task-succeeded event; that walk was the largest cost a typed task added to a no-op run.
+RESULT_PREFIX = '{"vf": 1, '
+
+
+def decode_result(value: Any) -> dict[str, Any] | None:
+    """The envelope of a typed task's stored result, or None if ``value`` is not one."""
+    if isinstance(value, str) and value.startswith(RESULT_PREFIX):
+        envelope: dict[str, Any] = json.loads(value)
+        return envelope
+    return None
+
+
+class VoxRequest(Request):
+    """Celery's request, with runs lost to a dead child or a hard time limit counted."""
+
+    def _lose(self, error_type: str, message: str) -> bool:
+        app: VoxFlow = self.task.app  # type: ignore[assignment]  # always a VoxFlow here
+        if self.task.name not in app.typed:
+            return False
+        settle(
+            app,
+            self.message.delivery_tag,
+            lost=True,
+            error_type=error_type,
+            error_message=message,
+            node=self.hostname or app.settings.node_id,
+            started_at=datetime.fromtimestamp(self.time_start, UTC) if self.time_start else None,
+        )
+        self.acknowledge()  # the transaction above already took it out of 'unacked'
+        return True
+
+    def on_failure(
+        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        exc = exc_info.exception
+        exc = getattr(exc, "exc", exc)  # billiard wraps it in ExceptionWithTraceback
+        if isinstance(exc, WorkerLostError) and self._lose("WorkerLostError", str(exc)):
+            return
+        if isinstance(exc, TimeLimitExceeded) and self._lose(
+            "TimeLimitExceeded", f"hard time limit ({exc.args[0] if exc.args else '?'}s)"
+        ):
+            return
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft and self._lose("TimeLimitExceeded", f"hard time limit ({timeout}s)"):
+            return
+        super().on_timeout(soft, timeout)
+
+
+class VoxTask(Task):  # type: ignore[type-arg]
+    """Base of every typed task's Celery task."""
+
+    Request = VoxRequest  # type: ignore[assignment]  # Celery accepts the class itself
+    typing = False  # the payload is checked by pydantic, not by Celery's signature check
+
+
+class Runtime:
+    """Per-process helpers for running tasks (Redis stores built once per process)."""
+
+    def __init__(self, app: VoxFlow) -> None:
+        self.app = app
+        self.attempts = AttemptLog(app.redis, app.settings.attempts_ttl_seconds)
+        self.idempotency = IdempotencyStore(app.redis, app.settings.idempotency_ttl_seconds)
+        self.dead_letters = DeadLetterStore(app)
+
+    @classmethod
+    def of(cls, app: VoxFlow) -> Runtime:
+        runtime: Runtime | None = getattr(app, "_vf_runtime", None)
+        if runtime is None or runtime.app.redis is not runtime.attempts.client:
+            runtime = cls(app)
+            app._vf_runtime = runtime  # type: ignore[attr-defined]
+        return runtime
+
+
+def unwrap(payload: Any) -> Any:
+    """A previous step's stored result as a plain payload (workflows pass results on)."""
+    envelope = decode_result(payload)
+    if envelope is not None:
+        return envelope["output"]
+    if isinstance(payload, list):
+        return [unwrap(item) for item in payload]
+    return payload
+
+
+def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
+    """Run one attempt of ``typed`` for the current Celery request."""
+    runtime = Runtime.of(typed.app)
+    request = task.request
+    task_id: str = request.id or ""
+    headers: dict[str, Any] = dict(request.headers or {})
+    number = int(headers.get(HEADER_ATTEMPT, 1))
+    key: str | None = headers.get(HEADER_KEY)
+    node = request.hostname or typed.app.settings.node_id
+    started = datetime.now(UTC)
+    trace_id = current_trace_id()
+    payload = unwrap(payload)
+    if isinstance(payload, list) and typed.fan_in_field is not None:
+        payload = {typed.fan_in_field: payload}  # a fan-in step gets its group's outputs
+
+    def attempt(
+        outcome: AttemptOutcome, exc: BaseException | None = None, soon: bool = False, **extra: Any
+    ) -> Attempt:
+        # Built from values this function made itself: no need to validate them again.
+        record = Attempt.model_construct(
+            number=number,
+            node=node,
+            started_at=started,
+            ended_at=datetime.now(UTC),
+            outcome=outcome,
+            error_type=type(exc).__name__ if exc else None,
+            error_message=str(exc) if exc else None,
+            retry_in=extra.get("retry_in"),
+        )
+        if soon:
+            runtime.attempts.record_soon(task_id, record)
+        else:
+            runtime.attempts.record(task_id, record)
+        return record
+
+    def dead_letter(reason: DeadLetterReason, exc: BaseException, outcome: AttemptOutcome) -> None:
+        attempt(outcome, exc)
+        letter = DeadLetter(
+            id=request.id,
+            task_id=request.id,
+            task_name=typed.name,
+            queue=typed.queue,
+            payload=payload if isinstance(payload, dict) else {"value": payload},
+            reason=reason,
+            error_type=type(exc).__name__,
+            error_message=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+            attempts=runtime.attempts.list(task_id),
+            node=node,
+            trace_id=trace_id,
+            idempotency_key=key,
+            dead_at=datetime.now(UTC),
+        )
+        runtime.dead_letters.add(letter)
+        raise DeadLettered(letter.id, letter.error_type, letter.error_message) from exc
+
+    try:
+        model = typed.input_model.model_validate(payload)
+    except ValidationError as exc:
+        error = PayloadError.from_validation(typed.name, exc)
+        dead_letter(DeadLetterReason.INVALID_PAYLOAD, error, AttemptOutcome.INVALID)
+
+    token = ""
+    if key is not None:
+        token = f"{request.id}:{number}:{uuid.uuid4().hex[:8]}"
+        claim = runtime.idempotency.claim(key, token, typed.app.settings.lease_seconds)
+        if claim.state == "done":
+            attempt(AttemptOutcome.SKIPPED)
+            return claim.value
+        if claim.state == "busy":
+            # Another delivery of this key is running; look again once its lease could lapse.
+            raise task.retry(countdown=typed.app.settings.lease_seconds / 2, headers=headers)
+
+    with running(typed.app, key, token):
+        try:
+            output = typed.fn(model)
+            if not isinstance(output, typed.output_model):
+                output = typed.output_model.model_validate(output)
+        except Retry:
+            raise
+        except Exception as exc:
+            if key is not None:
+                runtime.idempotency.release(key, token)
+            delay = typed.retry.next_delay(exc, number)
+            if delay is not None:
+                attempt(AttemptOutcome.RETRYING, exc, retry_in=delay)
+                raise task.retry(
+                    exc=exc,
+                    countdown=delay,
+                    headers={**headers, HEADER_ATTEMPT: number + 1},  # type: ignore[dict-item]
+                ) from exc
+            reason = (
+                DeadLetterReason.EXHAUSTED
+                if typed.retry.retryable(exc)
+                else DeadLetterReason.NON_RETRYABLE
+            )
+            dead_letter(reason, exc, AttemptOutcome.FAILED)
+
+    result = (
+        f'{RESULT_PREFIX}"output": {output.model_dump_json()}, "trace_id": {json.dumps(trace_id)}}}'
+    )
+    attempt(AttemptOutcome.SUCCEEDED, soon=True)
+    if key is not None:
+        runtime.idempotency.complete(key, token, result)
+    return result

@@ -1,0 +1,79 @@
+"""vox_flow's hooks into a Celery app, installed in one place.
+
+``install`` gives ``celery -A vox_flow.app worker`` and ``vox-flow worker`` the same behaviour:
+telemetry, the lease bootstep, and (for a supervised child) the run-slot hooks.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from celery import bootsteps, signals
+
+from vox_flow import telemetry
+from vox_flow.lease import LeaseStep
+from vox_flow.runslot import SlotWriter
+
+if TYPE_CHECKING:
+    from vox_flow.app import VoxFlow
+
+
+class WorkerHooks:
+    """Celery signal hooks of one worker process; every hook is a no-op by default."""
+
+    def on_task_prerun(self, task: Any, task_id: str) -> None:
+        """A task is about to run in this process."""
+
+    def on_task_postrun(self, task: Any, task_id: str) -> None:
+        """A task finished (any outcome) in this process."""
+
+    def connect(self) -> None:
+        signals.task_prerun.connect(self._prerun, weak=False)
+        signals.task_postrun.connect(self._postrun, weak=False)
+
+    def _prerun(self, task_id: str, task: Any, **_: Any) -> None:
+        self.on_task_prerun(task, task_id)
+
+    def _postrun(self, task_id: str, task: Any, **_: Any) -> None:
+        self.on_task_postrun(task, task_id)
+
+
+class RunSlotHooks(WorkerHooks):
+    """Keeps a supervised child's run slot current (see runslot.py)."""
+
+    def __init__(self, writer: SlotWriter, default_limit: float) -> None:
+        self.writer = writer
+        self.default_limit = default_limit
+
+    def on_task_prerun(self, task: Any, task_id: str) -> None:
+        request = task.request
+        hard = (request.timelimit or (None, None))[0] or task.time_limit or self.default_limit
+        self.writer.started(task_id, task.name, time.time(), float(hard))
+
+    def on_task_postrun(self, task: Any, task_id: str) -> None:
+        self.writer.finished()
+
+
+class RunSlotStep(bootsteps.Step):
+    """Worker bootstep: with ``--vf-run-slot FILE`` (set by ``vox-flow worker``), report runs."""
+
+    def __init__(self, worker: Any, vf_run_slot: str | None = None, **options: Any) -> None:
+        super().__init__(worker, **options)
+        if vf_run_slot:
+            app: VoxFlow = worker.app
+            writer = SlotWriter(Path(vf_run_slot))
+            app.slot_writer = writer
+            RunSlotHooks(writer, float(app.conf.task_time_limit or 0)).connect()
+
+
+def install(app: VoxFlow) -> None:
+    """Attach vox_flow's telemetry, worker options and bootsteps to ``app``."""
+    telemetry.init(app.settings)
+    app.user_options["worker"].add(
+        click.Option(["--vf-run-slot"], default=None, help="Internal: set by vox-flow worker.")
+    )
+    app.steps["worker"].add(RunSlotStep)
+    app.steps["consumer"].add(LeaseStep)

@@ -1,0 +1,186 @@
+"""What happens to a reserved message whose run was lost.
+
+A run is lost when its worker process dies (crash, SIGKILL, OOM), when it passes its hard
+time limit, or when its worker stops renewing the message's lease (lease.py). The message is
+still in kombu's ``unacked`` hash. One Lua script takes it out and, in the same step, either
+puts it back at the front of its queue (with its attempt number raised when the run was
+observed to die) or moves it to the dead-letter store once the task's attempts are used up.
+So a poison task that kills its worker every time ends in dead letters after
+``max_attempts`` runs, and no message is ever in two places or in none.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from bisect import bisect
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from vox_flow.attempts import attempts_key
+from vox_flow.contracts.task import (
+    HEADER_ATTEMPT,
+    HEADER_KEY,
+    Attempt,
+    AttemptOutcome,
+    DeadLetter,
+    DeadLetterReason,
+)
+from vox_flow.deadletter import INDEX_KEY, entry_key
+
+if TYPE_CHECKING:
+    from vox_flow.app import VoxFlow
+
+# kombu's Redis transport keeps reserved messages here (its default key names).
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+_PRIORITY_STEPS = [0, 3, 6, 9]  # kombu's default priority_steps
+_PRIORITY_SEP = "\x06\x16"
+
+# KEYS: unacked, unacked_index, queue, attempts, dlq entry, dlq index.
+# ARGV: tag, expected raw, requeue json|'', attempt json|'', attempts ttl, dlq json|'',
+#       dlq id, score
+# Moves the message only if it is still reserved exactly as read (compare-and-move).
+_SETTLE_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('RPUSH', KEYS[4], ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
+end
+if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[3]) end
+if ARGV[6] ~= '' then
+  redis.call('HSETNX', KEYS[5], 'entry', ARGV[6])
+  redis.call('HSETNX', KEYS[5], 'state', 'dead')
+  redis.call('ZADD', KEYS[6], 'NX', ARGV[8], ARGV[7])
+end
+return 1
+"""
+
+Outcome = Literal["requeued", "dead_lettered", "gone"]
+
+
+def queue_key(routing_key: str, priority: int | None) -> str:
+    """The Redis list kombu uses for ``routing_key`` at ``priority`` (kombu's own rule)."""
+    step = _PRIORITY_STEPS[bisect(_PRIORITY_STEPS, priority or 0) - 1]
+    return routing_key if step == 0 else f"{routing_key}{_PRIORITY_SEP}{step}"
+
+
+def decode_payload(message: dict[str, Any]) -> dict[str, Any]:
+    """The typed payload inside a raw kombu message (protocol 2, JSON, base64 body)."""
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    args = json.loads(body)[0]
+    payload = args[0] if args else {}
+    return payload if isinstance(payload, dict) else {"value": payload}
+
+
+def settle(
+    app: VoxFlow,
+    delivery_tag: str,
+    *,
+    lost: bool,
+    error_type: str = "",
+    error_message: str = "",
+    node: str = "",
+    started_at: datetime | None = None,
+    trace_id: str | None = None,
+) -> Outcome:
+    """Take a reserved message back: requeue it, or dead-letter it when ``lost`` used it up.
+
+    ``lost`` says the run was seen to die (it counts as an attempt); otherwise the message only
+    lost its lease and goes back unchanged.
+    """
+    client = app.redis
+    raw = client.hget(UNACKED, delivery_tag)
+    if raw is None:
+        return "gone"  # acknowledged, or taken back by someone else already
+    message, exchange, routing_key = json.loads(raw)
+    if exchange:
+        raise RuntimeError(f"vox_flow routes through the default exchange, got {exchange!r}")
+    headers = message.setdefault("headers", {})
+    task_id, name = str(headers.get("id", delivery_tag)), str(headers.get("task", "?"))
+    number = int(headers.get(HEADER_ATTEMPT, 1))
+    typed = app.typed.get(name)
+    ended = datetime.now(UTC)
+    attempt_json = letter_json = requeue_json = ""
+    if lost:
+        attempt = Attempt(
+            number=number,
+            node=node or app.settings.node_id,
+            started_at=started_at or ended,
+            ended_at=ended,
+            outcome=AttemptOutcome.LOST,
+            error_type=error_type,
+            error_message=error_message,
+        )
+        attempt_json = attempt.model_dump_json()
+        if typed is not None and number >= typed.retry.max_attempts:
+            earlier = [
+                Attempt.model_validate_json(item)
+                for item in client.lrange(attempts_key(task_id), 0, -1)
+            ]
+            letter_json = DeadLetter(
+                id=task_id,
+                task_id=task_id,
+                task_name=name,
+                queue=routing_key,
+                payload=decode_payload(message),
+                reason=DeadLetterReason.LOST,
+                error_type=error_type,
+                error_message=error_message,
+                attempts=[*earlier, attempt],
+                node=attempt.node,
+                trace_id=trace_id,
+                idempotency_key=headers.get(HEADER_KEY),
+                dead_at=ended,
+            ).model_dump_json()
+        else:
+            headers[HEADER_ATTEMPT] = number + 1
+    if not letter_json:
+        headers["redelivered"] = True
+        message.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
+        requeue_json = json.dumps(message)
+    moved = client.eval(
+        _SETTLE_LUA,
+        6,
+        UNACKED,
+        UNACKED_INDEX,
+        queue_key(routing_key, message.get("properties", {}).get("priority")),
+        attempts_key(task_id),
+        entry_key(task_id),
+        INDEX_KEY,
+        delivery_tag,
+        raw,
+        requeue_json,
+        attempt_json,
+        app.settings.attempts_ttl_seconds,
+        letter_json,
+        task_id,
+        ended.timestamp(),
+    )
+    if not moved:
+        return "gone"
+    if letter_json:
+        from vox_flow.errors import DeadLettered
+
+        exc = DeadLettered(task_id, error_type, error_message)
+        app.backend.mark_as_failure(task_id, exc)
+        # Nobody else will say it failed (its process is gone): tell Flower and the op-log.
+        with app.events.default_dispatcher(hostname=node or app.settings.node_id) as events:
+            events.send("task-failed", uuid=task_id, exception=repr(exc), traceback=None)
+        return "dead_lettered"
+    return "requeued"
+
+
+def expired(app: VoxFlow, older_than: float, limit: int = 100) -> list[str]:
+    """Delivery tags whose lease was last renewed before the UNIX time ``older_than``."""
+    tags: list[bytes] = app.redis.zrangebyscore(  # type: ignore[assignment]
+        UNACKED_INDEX, "-inf", older_than, start=0, num=limit
+    )
+    return [tag.decode() for tag in tags]
+
+
+__all__ = ["Outcome", "decode_payload", "expired", "queue_key", "settle"]

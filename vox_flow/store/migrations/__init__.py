@@ -1,0 +1,1 @@
+"""Alembic migrations of the control store (run by ``vox_flow.store.engine.migrate``)."""
