@@ -1,0 +1,22 @@
+"""Raw Celery, for comparison: a plain app with a no-op task, late ack, JSON, no vox_flow."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from vox_flow.config import load_settings
+
+app = Celery("raw", broker=load_settings().broker_url, set_as_current=False)
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    task_ignore_result=True,
+    task_default_queue="raw",
+    broker_connection_retry_on_startup=True,
+)
+
+
+@app.task(name="raw.noop")
+def noop(n: int = 0) -> int:
+    return n
