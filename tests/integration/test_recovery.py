@@ -1,0 +1,149 @@
+"""Runs lost to dead workers: poison tasks, SIGKILL mid-run, redelivery and idempotency."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.integration import tasks
+from tests.integration.conftest import StartWorker
+from tests.integration.workers import vox_flow_worker_args
+from vox_flow.app import app
+from vox_flow.deadletter import DeadLetterStore
+from vox_flow.errors import TaskFailed
+from vox_flow.submit import publish, submit, submit_many
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+LAYOUTS = ["celery-prefork", "vox-flow-worker"]
+
+
+class EventLog:
+    """Celery events of some types, collected by a receiver thread (as Flower gets them)."""
+
+    def __init__(self, types: tuple[str, ...]) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(types,), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    def _run(self, types: tuple[str, ...]) -> None:
+        with app.connection_for_read() as connection:
+            receiver = app.events.Receiver(
+                connection, handlers={t: self.events.append for t in types}
+            )
+            # Events are pub/sub: report ready only once the subscription exists.
+            with receiver.consumer_context(wakeup=False) as (conn, _, _):
+                self._ready.set()
+                while not self._stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        conn.drain_events(timeout=0.2)
+
+    def tasks(self) -> list[str]:
+        return [event.get("uuid", "") for event in self.events]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def start_layout(start_worker: StartWorker, layout: str, processes: int) -> None:
+    """One worker of the given layout: plain `celery worker` (prefork) or `vox-flow worker`."""
+    if layout == "celery-prefork":
+        start_worker("w1", pool="prefork", concurrency=processes)
+    else:
+        start_worker("w1", args=vox_flow_worker_args(processes=processes))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_poison_task_ends_in_dead_letters_while_others_flow(
+    redis_url: str, start_worker: StartWorker, layout: str
+) -> None:
+    start_layout(start_worker, layout, processes=1 if layout == "celery-prefork" else 2)
+    failed = EventLog(("task-failed",))
+    bad = submit(tasks.poison, {"id": "p", "value": 0})
+    good = submit_many(tasks.echo, [{"id": str(i), "value": i} for i in range(20)])
+    assert [h.result(timeout=60).value for h in good] == list(range(20))
+    with pytest.raises(TaskFailed) as err:
+        bad.result(timeout=60)
+    assert err.value.dead_letter_id == bad.id
+    letter = DeadLetterStore(app).get(bad.id)
+    assert letter.reason == "lost" and letter.error_type == "WorkerLostError", letter
+    assert [a.outcome for a in letter.attempts] == ["lost", "lost"]
+    assert app.redis.llen("test:poison:p") == tasks.poison.retry.max_attempts
+    # No process of the task is left to report it: the one that settled it sends task-failed,
+    # which is how Flower and the op-log learn it was dead-lettered.
+    wait_for(lambda: bad.id in failed.tasks(), 10, "the task-failed event of the poison task")
+    assert failed.events[failed.tasks().index(bad.id)]["exception"].startswith("DeadLettered(")
+    failed.stop()
+    # Nothing stays reserved (results are stored just before the ack, so allow for that).
+    wait_for(lambda: app.redis.hlen("unacked") == 0, 5, "every message to be acknowledged")
+
+
+def test_sigkilled_worker_task_completes_on_another_within_60s(
+    redis_url: str, start_worker: StartWorker
+) -> None:
+    # Default lease settings: this measures the guarantee as shipped.
+    first = start_worker("w1")
+    handle = submit(tasks.slow, {"id": "s", "seconds": 3})
+    wait_for(lambda: app.redis.llen("test:slow-start:s") == 1, 30, "the run to start on w1")
+    first.kill()
+    killed_at = time.monotonic()
+    start_worker("w2")
+    assert handle.result(timeout=60).value == 3
+    recovered_in = time.monotonic() - killed_at
+    assert recovered_in < 60, recovered_in
+    assert app.redis.llen("test:slow-start:s") == 2  # ran again after the kill
+    assert app.redis.llen("test:slow-done:s") == 1
+
+
+def test_effect_runs_once_per_key_when_delivered_twice(
+    redis_url: str, start_worker: StartWorker
+) -> None:
+    start_worker("w1")
+    start_worker("w2")
+    payload = tasks.Item(id="e", value=300)  # each run takes 0.3 s, so the two overlap
+    # The same run delivered twice (as a redelivery does), on two workers at once.
+    handles = [
+        publish(tasks.effect, payload, task_id="twice", effect_key="charge-e") for _ in range(2)
+    ]
+    assert handles[0].result(timeout=60).value == 1
+    wait_for(
+        lambda: app.redis.hlen("unacked") == 0 and app.redis.llen(tasks.effect.queue) == 0,
+        30,
+        "both deliveries to finish",
+    )
+    assert app.redis.get("test:effect:e") == b"1"
+    outcomes = sorted(a.outcome for a in handles[0].attempts() if a.outcome != "retrying")
+    assert outcomes == ["skipped", "succeeded"], outcomes
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hard_time_limit_kills_the_run_and_dead_letters_it(
+    redis_url: str, start_worker: StartWorker, layout: str
+) -> None:
+    start_layout(start_worker, layout, processes=1)
+    began = time.monotonic()
+    handle = submit(tasks.stuck, {"id": "t", "seconds": 30})
+    with pytest.raises(TaskFailed):
+        handle.result(timeout=30)
+    assert time.monotonic() - began < 15  # two 1 s runs, not two 30 s ones
+    letter = DeadLetterStore(app).get(handle.id)
+    assert letter.reason == "lost" and letter.error_type == "TimeLimitExceeded", letter
+    assert [a.outcome for a in letter.attempts] == ["lost", "lost"]
+    assert app.redis.llen("test:stuck:t") == 2
+    # The worker is still serving after its runs were killed.
+    assert submit(tasks.echo, {"id": "after", "value": 5}).result(timeout=30).value == 5

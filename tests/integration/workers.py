@@ -1,0 +1,114 @@
+"""Real ``celery worker`` / ``vox-flow worker`` subprocesses for integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from vox_flow.contracts.task import Attempt
+from vox_flow.submit import TaskHandle
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def recorded_attempts(handle: TaskHandle[Any], count: int, within: float = 2.0) -> list[Attempt]:
+    """The handle's attempts once ``count`` are recorded (a success is recorded within 50 ms)."""
+    deadline = time.monotonic() + within
+    while len(attempts := handle.attempts()) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return attempts
+
+
+def worker_env(redis_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
+    """Environment for a vox_flow process talking to the test broker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOX_FLOW_")}
+    env.update(
+        VOX_FLOW_BROKER_URL=redis_url,
+        VOX_FLOW_DATA_DIR=str(data_dir),
+        VOX_FLOW_TASK_MODULES="tests.integration.tasks",
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({f"VOX_FLOW_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """One worker process group; ``kill`` sends SIGKILL to all of it (parent and children)."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    log: BinaryIO | None = field(default=None, repr=False)
+
+    def start(self, ready_timeout: float = 30.0) -> WorkerProcess:
+        self.log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.args,
+            env=self.env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so kill() takes its children too
+        )
+        deadline = time.monotonic() + ready_timeout
+        while b" ready." not in self.log_path.read_bytes():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited: {self.output()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker {self.name} not ready: {self.output()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: nothing gets to clean up."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL whatever is left."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        with contextlib.suppress(ProcessLookupError):  # stray children of the group
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
+def celery_worker_args(name: str, pool: str = "solo", concurrency: int = 1) -> list[str]:
+    """``celery -A vox_flow.app worker`` exactly as a user runs it."""
+    return [
+        sys.executable, "-m", "celery", "-A", "vox_flow.app", "worker",
+        "-P", pool, "-c", str(concurrency), "-n", f"{name}@%h", "-l", "info",
+        "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+
+
+def vox_flow_worker_args(processes: int = 2) -> list[str]:
+    """``vox-flow worker``: the supervised per-core layout."""
+    return [sys.executable, "-m", "vox_flow.cli", "worker", "-p", str(processes), "-l", "info"]

@@ -1,0 +1,110 @@
+"""The actions seam: no entry without its effect, no effect without its entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection
+
+from tests.unit.conftest_store import sqlite_store
+from vox_flow.contracts.audit import AuditEntry
+from vox_flow.control.actions import EffectFailed, Effects, pending, perform, resume_pending
+from vox_flow.control.audit import AuditLog
+from vox_flow.control.keys import Signer
+from vox_flow.control.verify import verify_store
+from vox_flow.store import Store
+
+SIGNER = Signer.generate("control")
+
+
+def _store(tmp_path: Path) -> Store:
+    store = sqlite_store(tmp_path)
+    AuditLog(store).register(SIGNER)
+    return store
+
+
+def test_in_store_effect_commits_with_its_entry(tmp_path: Path) -> None:
+    store, effects = _store(tmp_path), Effects()
+
+    @effects.in_store("budget.set")
+    def _set(conn: Connection, entry: AuditEntry) -> None:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS budgets (v TEXT)")
+        conn.exec_driver_sql("INSERT INTO budgets VALUES (?)", (entry.payload,))
+
+    entry = perform(store, SIGNER, effects, actor="ann", action="budget.set", target="team-a",
+                    reason="quarter", payload={"eur": 10})  # fmt: skip
+    assert entry.payload_data() == {"eur": 10}
+    with store.read() as conn:
+        assert conn.exec_driver_sql("SELECT v FROM budgets").scalar_one() == '{"eur":10}'
+
+
+def test_failing_in_store_effect_leaves_no_entry(tmp_path: Path) -> None:
+    store, effects = _store(tmp_path), Effects()
+
+    @effects.in_store("node.kill")
+    def _boom(conn: Connection, entry: AuditEntry) -> None:
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        perform(store, SIGNER, effects, actor="a", action="node.kill", target="n", reason="r")
+    assert AuditLog(store).head().size == 0
+
+
+def test_outside_effect_runs_after_commit_and_is_marked_done(tmp_path: Path) -> None:
+    store, effects = _store(tmp_path), Effects()
+    seen: list[tuple[int, Any]] = []
+
+    @effects.outside("dlq.purge")
+    def _purge(entry: AuditEntry) -> None:
+        assert AuditLog(store).head().size == entry.seq  # the entry is already committed
+        seen.append((entry.seq, entry.payload_data()))
+
+    perform(store, SIGNER, effects, actor="a", action="dlq.purge", target="q", reason="r",
+            payload={"ids": ["x"]})  # fmt: skip
+    assert seen == [(1, {"ids": ["x"]})] and pending(store) == []
+
+
+def test_crashed_outside_effect_is_resumed(tmp_path: Path) -> None:
+    store, effects = _store(tmp_path), Effects()
+    calls: list[int] = []
+    down = True
+
+    @effects.outside("schedule.pause")
+    def _pause(entry: AuditEntry) -> None:
+        calls.append(entry.seq)
+        if down:
+            raise ConnectionError("redis is down")
+
+    with pytest.raises(EffectFailed) as failed:
+        perform(store, SIGNER, effects, actor="a", action="schedule.pause", target="s1",
+                reason="r")  # fmt: skip
+    assert failed.value.entry.seq == 1 and pending(store) == [1]
+    still = resume_pending(store, effects)
+    assert still.done == [] and "redis is down" in still.failed[1]
+    down = False
+    # A fresh registry, as after a restart: effects are found again by action name.
+    assert resume_pending(store, effects).done == [1]
+    assert pending(store) == [] and calls == [1, 1, 1]
+    assert verify_store(store).ok
+
+
+def test_an_action_name_takes_one_effect() -> None:
+    effects = Effects()
+    effects.outside("x")(lambda entry: None)
+    with pytest.raises(ValueError, match="already registered"):
+        effects.in_store("x")(lambda conn, entry: None)
+
+
+def test_registries_combine_and_refuse_a_second_effect_for_one_action() -> None:
+    from vox_flow.control.actions import Effects
+
+    first, second = Effects(), Effects()
+    first.outside("a.one")(lambda entry: None)
+    second.outside("a.two")(lambda entry: None)
+    combined = Effects().include(first).include(second)
+    assert combined.outside_effect("a.one") is first.outside_effect("a.one")
+    assert combined.outside_effect("a.two") is second.outside_effect("a.two")
+    with pytest.raises(ValueError, match=r"already registered for 'a\.one'"):
+        combined.include(first)
