@@ -202,7 +202,13 @@ def _copy_store(db: Path, tmp_path: Path, *sql: str) -> Store:
     return store
 
 
-_SIG_FLIP = "UPDATE audit_entries SET signature = '00' || substr(signature, 3) WHERE seq = {}"
+# Changes the signature's first byte whatever it was: writing a fixed '00' would leave the
+# one signature in 256 that already starts with 00 untouched (a test that passed by luck).
+_SIG_FLIP = (
+    "UPDATE audit_entries SET signature = "
+    "(CASE WHEN substr(signature, 1, 2) = '00' THEN 'ff' ELSE '00' END) || substr(signature, 3) "
+    "WHERE seq = {}"
+)
 
 
 @pytest.mark.parametrize(
