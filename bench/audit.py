@@ -3,11 +3,14 @@
     python bench/audit.py [--quick] [--no-postgres]
 
 Signed appends/s on one process (unbatched: one perform() per entry, a commit each;
-batched: perform_many of 100), on SQLite (synchronous=FULL, the default, and NORMAL) and
-PostgreSQL; verify entries/s (every hash and every Ed25519 signature: verify_store with its
-worker processes, and on one core); state_at latency over a history of 10^6 ops (--quick:
-2*10^5, reported). Also what bounds them on this machine: the extra time of a FULL commit
-over a NORMAL one (its fsync), one Ed25519 verify, and the load average at the start.
+batched: perform_many of 100) of an action whose effect is in the store, on SQLite in each
+synchronous mode (before_output, the default; full; normal) and on PostgreSQL; the same
+for an action with an outside effect (its commit fsynced, then the effect, then its outbox
+row marked done: two commits); verify entries/s (every hash and every Ed25519 signature:
+verify_store with its worker processes, and on one core); state_at latency over a history
+of 10^6 ops (--quick: 2*10^5, reported). Also what bounds them on this machine: the extra
+time of a FULL commit over a NORMAL one (its fsync), one Ed25519 verify, and the load
+average at the start.
 """
 
 from __future__ import annotations
@@ -34,26 +37,28 @@ from vox_flow.control.verify import verify_store
 from vox_flow.store import Store
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-NOTE = "bench.note"
+NOTE = "bench.note"  # in-store effect
+SENT = "bench.sent"  # outside effect (a no-op: what is measured is the log's part)
 
 
 def _effects() -> Effects:
     effects = Effects()
     effects.in_store(NOTE)(lambda conn, entry: None)
+    effects.outside(SENT)(lambda entry: None)
     return effects
 
 
-def appends(store: Store, unbatched: int, batched: int) -> tuple[float, float]:
+def appends(store: Store, unbatched: int, batched: int, action: str = NOTE) -> tuple[float, float]:
     signer, effects = Signer.generate("bench"), _effects()
     AuditLog(store).register(signer)
     start = time.perf_counter()
     for i in range(unbatched):
-        perform(store, signer, effects, actor="bench", action=NOTE, target=f"t{i}",
+        perform(store, signer, effects, actor="bench", action=action, target=f"t{i}",
                 reason="benchmark", payload={"i": i})  # fmt: skip
     one = unbatched / (time.perf_counter() - start)
     start = time.perf_counter()
     for b in range(batched // 100):
-        actions = [Action("bench", NOTE, f"b{b}-{i}", "benchmark", {"i": i}) for i in range(100)]
+        actions = [Action("bench", action, f"b{b}-{i}", "bench", {"i": i}) for i in range(100)]
         perform_many(store, signer, effects, actions)
     many = (batched // 100 * 100) / (time.perf_counter() - start)
     return one, many
@@ -142,14 +147,24 @@ def main() -> None:
     out: dict[str, float | int | str] = {"load_avg_1m": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         out["ed25519_verify_us"] = ed25519_verify_us()
-        full = Store(f"sqlite:///{Path(tmp) / 'full.db'}")
-        out["appends_per_s"], out["appends_batched_per_s"] = appends(full, unbatched, batched)
-        normal = Store(f"sqlite:///{Path(tmp) / 'normal.db'}", sqlite_synchronous="normal")
-        one, many = appends(normal, unbatched, batched)
-        out["appends_per_s_sqlite_normal"], out["appends_batched_per_s_sqlite_normal"] = one, many
-        out["full_commit_extra_us"] = 1e6 / float(out["appends_per_s"]) - 1e6 / one
-        out["verify_per_s"], out["verify_entries"] = verify_rate(full)
-        out["verify_per_s_one_core"] = verify_rate(full, workers=1)[0]
+        default = Store(f"sqlite:///{Path(tmp) / 'default.db'}")
+        out["appends_per_s"], out["appends_batched_per_s"] = appends(default, unbatched, batched)
+        one, many = appends(default, unbatched, batched, SENT)
+        out["appends_per_s_outside_effect"], out["appends_batched_per_s_outside_effect"] = (
+            one,
+            many,
+        )
+        for mode in ("full", "normal"):
+            store = Store(f"sqlite:///{Path(tmp) / mode}.db", sqlite_synchronous=mode)
+            one, many = appends(store, unbatched, batched)
+            out[f"appends_per_s_sqlite_{mode}"] = one
+            out[f"appends_batched_per_s_sqlite_{mode}"] = many
+            store.dispose()
+        out["full_commit_extra_us"] = 1e6 / float(out["appends_per_s_sqlite_full"]) - 1e6 / float(
+            out["appends_per_s_sqlite_normal"]
+        )
+        out["verify_per_s"], out["verify_entries"] = verify_rate(default)
+        out["verify_per_s_one_core"] = verify_rate(default, workers=1)[0]
         ops = Store(f"sqlite:///{Path(tmp) / 'ops.db'}")
         t0, t1, build = oplog_history(ops, history)
         out["state_at_ms"] = state_at_ms(ops, t0, t1)
@@ -160,6 +175,9 @@ def main() -> None:
         try:
             one, many = appends(store, unbatched // 2, batched // 2)
             out["appends_per_s_postgres"], out["appends_batched_per_s_postgres"] = one, many
+            out["appends_per_s_postgres_outside_effect"] = appends(
+                store, unbatched // 2, 100, SENT
+            )[0]
             out["verify_per_s_postgres"] = verify_rate(store)[0]
         finally:
             store.dispose()

@@ -125,11 +125,12 @@ class Settings(BaseSettings):
         gt=0,
         description="`vox-flow control` signs a checkpoint this often when the audit log grew.",
     )
-    store_sqlite_synchronous: Literal["full", "normal"] = Field(
-        default="full",
-        description="SQLite store durability: `full` fsyncs every commit (survives power "
-        "loss); `normal` survives a killed process but may lose the last commits on power "
-        "loss, for 1.5-3x the append rate (docs/store.md).",
+    store_sqlite_synchronous: Literal["before_output", "full", "normal"] = Field(
+        default="before_output",
+        description="SQLite store durability. `before_output` fsyncs a commit before "
+        "anything it wrote leaves the store (an outside effect, a checkpoint or export "
+        "handed out), so a power cut never takes back what was done or seen outside; "
+        "`full` fsyncs every commit; `normal` never waits for the disk (docs/store.md).",
     )
 
     # --- schedules ----------------------------------------------------------------------

@@ -6,15 +6,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 
 from tests.unit.conftest_store import sqlite_store
 from vox_flow.contracts.audit import AuditEntry
-from vox_flow.control.actions import EffectFailed, Effects, pending, perform, resume_pending
+from vox_flow.control.actions import (
+    Action,
+    EffectFailed,
+    Effects,
+    pending,
+    perform,
+    perform_many,
+    resume_pending,
+)
 from vox_flow.control.audit import AuditLog
 from vox_flow.control.keys import Signer
 from vox_flow.control.verify import verify_store
 from vox_flow.store import Store
+from vox_flow.store.rows import OutboxRow
 
 SIGNER = Signer.generate("control")
 
@@ -88,6 +97,34 @@ def test_crashed_outside_effect_is_resumed(tmp_path: Path) -> None:
     assert resume_pending(store, effects).done == [1]
     assert pending(store) == [] and calls == [1, 1, 1]
     assert verify_store(store).ok
+
+
+def test_batch_stops_at_the_first_failing_effect(tmp_path: Path) -> None:
+    """Effects run in entry order; one that fails leaves itself and every later one pending
+    (the later ones not run), and the ones before it done: resume then goes on in order."""
+    store, effects = _store(tmp_path), Effects()
+    calls: list[str] = []
+
+    @effects.outside("dlq.purge")
+    def _purge(entry: AuditEntry) -> None:
+        calls.append(entry.target)
+        if entry.target == "b" and len(calls) < 3:
+            raise ConnectionError("redis is down")
+
+    actions = [Action("a", "dlq.purge", t, "r") for t in ("a", "b", "c")]
+    with pytest.raises(EffectFailed) as failed:
+        perform_many(store, SIGNER, effects, actions)
+    assert failed.value.entry.target == "b" and calls == ["a", "b"]
+    with store.read() as conn:
+        rows = conn.execute(select(OutboxRow.seq, OutboxRow.state, OutboxRow.attempts,
+                                   OutboxRow.last_error).order_by(OutboxRow.seq)).all()  # fmt: skip
+    assert [tuple(r) for r in rows] == [
+        (1, "done", 1, None),
+        (2, "pending", 1, "ConnectionError: redis is down"),
+        (3, "pending", 0, None),
+    ]
+    assert resume_pending(store, effects).done == [2, 3]
+    assert calls == ["a", "b", "b", "c"] and pending(store) == []
 
 
 def test_an_action_name_takes_one_effect() -> None:

@@ -169,7 +169,10 @@ def perform_many(
             raise UnknownAction(f"no effect is registered for action {request.action!r}")
     drafts = [Draft(a.actor, a.action, a.target, a.reason, a.payload) for a in actions]
     outside: list[AuditEntry] = []
-    with store.write() as conn:
+    # An outside effect runs after the commit, so the commit must be on disk first: a power
+    # cut must not take back the entry of an effect that already happened.
+    leaves_store = any(effects.store_effect(a.action) is None for a in actions)
+    with store.write(durable=leaves_store) as conn:
         entries = append_entries(conn, signer, drafts, checkpoint_every=store.checkpoint_every)
         created = now_us()
         for entry in entries:
@@ -194,34 +197,49 @@ def perform_many(
                     for e in outside
                 ],
             )
-    for entry in outside:
-        _run_outside(store, effects, entry)
+    if outside:
+        _run_outside(store, effects, outside)
     return entries
 
 
-def _run_outside(store: Store, effects: Effects, entry: AuditEntry) -> None:
-    effect = effects.outside_effect(entry.action)
+def _run_outside(store: Store, effects: Effects, entries: Sequence[AuditEntry]) -> None:
+    """Run ``entries``' outside effects in order, up to the first that fails, then record
+    in one commit which are done (and the failure). Raises :class:`EffectFailed` for it;
+    the entries after it stay pending, not run."""
+    ran: list[int] = []
     error: BaseException | None = None
-    if effect is None:
-        error = UnknownAction(f"no outside effect is registered for {entry.action!r}")
-    else:
+    for entry in entries:
+        effect = effects.outside_effect(entry.action)
         try:
+            if effect is None:
+                raise UnknownAction(f"no outside effect is registered for {entry.action!r}")
             effect(entry)
         except Exception as caught:
             error = caught
+            break
+        ran.append(entry.seq)
+    # Not a durable commit: lost to a power cut, the rows stay pending and the (idempotent)
+    # effects run again on resume.
     with store.write() as conn:
-        conn.execute(
-            update(OutboxRow)
-            .where(OutboxRow.seq == entry.seq, OutboxRow.state == _PENDING)
-            .values(
-                state=_PENDING if error else _DONE,
-                attempts=OutboxRow.attempts + 1,
-                last_error=None if error is None else f"{type(error).__name__}: {error}",
-                updated_us=now_us(),
+        now = now_us()
+        if ran:
+            conn.execute(
+                update(OutboxRow)
+                .where(OutboxRow.seq.in_(ran), OutboxRow.state == _PENDING)
+                .values(state=_DONE, attempts=OutboxRow.attempts + 1, updated_us=now)
             )
-        )
+        if error is not None:
+            conn.execute(
+                update(OutboxRow)
+                .where(OutboxRow.seq == entries[len(ran)].seq, OutboxRow.state == _PENDING)
+                .values(
+                    attempts=OutboxRow.attempts + 1,
+                    last_error=f"{type(error).__name__}: {error}",
+                    updated_us=now,
+                )
+            )
     if error is not None:
-        raise EffectFailed(entry, error) from error
+        raise EffectFailed(entries[len(ran)], error) from error
 
 
 @dataclass(frozen=True)
@@ -252,7 +270,7 @@ def resume_pending(store: Store, effects: Effects) -> Resumed:
             ).one()
         entry = entry_from_row(row)
         try:
-            _run_outside(store, effects, entry)
+            _run_outside(store, effects, [entry])
         except EffectFailed as error:
             failed[seq] = str(error.__cause__)
         else:

@@ -308,13 +308,19 @@ def read_head(conn: Connection) -> Any:
 
 
 class AuditLog:
-    """Read access to the audit log, its keys, checkpoints and proofs."""
+    """Read access to the audit log, its keys, checkpoints and proofs.
+
+    What it hands out (head, entries, checkpoints, proofs) is synced to disk first
+    (:meth:`Store.sync`): a reader may keep it elsewhere, and a power cut must not then
+    take back entries it has seen (they would look cut off, i.e. tampered with).
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
     def head(self) -> Head:
         """The current size, head hash and Merkle root."""
+        self.store.sync()
         with self.store.read() as conn:
             row = conn.execute(select(AuditHeadRow.__table__).where(AuditHeadRow.id == 1)).one()
         root = merkle.CompactRange.from_bytes(row.size, row.frontier).root().hex()
@@ -322,6 +328,7 @@ class AuditLog:
 
     def entries(self, since_seq: int = 1, until_seq: int | None = None) -> Iterator[AuditEntry]:
         """Entries from ``since_seq`` on (up to ``until_seq``), in order, streamed."""
+        self.store.sync()
         with self.store.read() as conn:
             yield from read_entries(conn, since_seq, until_seq)
 
@@ -367,12 +374,13 @@ class AuditLog:
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every stored checkpoint, oldest first."""
+        self.store.sync()
         with self.store.read() as conn:
             return read_checkpoints(conn)
 
     def checkpoint(self, signer: Signer) -> Checkpoint:
         """Sign and store a checkpoint of the current tree head (on demand)."""
-        with self.store.write() as conn:
+        with self.store.write(durable=True) as conn:
             head = _lock_head_for(conn, raw_cursor(conn), signer)
             root = merkle.CompactRange.from_bytes(head.size, head.frontier).root().hex()
             row = _checkpoint_row(signer, head.size, root, head.head_hash)
@@ -380,6 +388,7 @@ class AuditLog:
         return checkpoint_from_row(_Row(row))
 
     def _leaves(self, size: int) -> list[bytes]:
+        self.store.sync()
         with self.store.read() as conn:
             base = conn.execute(select(AuditHeadRow.base_size)).scalar_one()
             if base:

@@ -368,8 +368,10 @@ def verify_store(
 ) -> VerifyReport:
     """Verify the whole log in ``store`` against its own checkpoints and ``checkpoints``.
 
-    Reads one consistent snapshot, so appends running meanwhile do not disturb it.
+    Reads one consistent snapshot, so appends running meanwhile do not disturb it. Syncs
+    the store first: the report's head hash may be kept elsewhere.
     """
+    store.sync()
     with store.read() as conn:
         head = read_head(conn)
         return _verify_records(

@@ -21,6 +21,8 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x766F78666C6F77
 
 _WRITE = "vf_write"
+_DURABLE = "vf_durable"
+SYNCHRONOUS = ("before_output", "full", "normal")
 
 
 def now_us() -> int:
@@ -37,7 +39,7 @@ class Store:
         *,
         checkpoint_every: int = 1000,
         snapshot_every: int = 1024,
-        sqlite_synchronous: str = "full",
+        sqlite_synchronous: str = "before_output",
         migrate: bool = True,
         echo: bool = False,
     ) -> None:
@@ -54,9 +56,15 @@ class Store:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 60.0}
         self.engine: Engine = create_engine(url, **kwargs)
-        # Writers connect through this view of the same pool: their connections carry the
-        # write flag from the start (no per-transaction execution_options call).
+        # Writers connect through these views of the same pool: their connections carry the
+        # write (and durable) flags from the start (no per-transaction execution_options).
         self._writer: Engine = self.engine.execution_options(**{_WRITE: True})
+        self._durable_writer: Engine = self.engine.execution_options(
+            **{_WRITE: True, _DURABLE: True}
+        )
+        # Only SQLite in before_output mode syncs on demand (full: every commit; normal:
+        # never; PostgreSQL: every commit).
+        self._lazy_sync = self.dialect == "sqlite" and sqlite_synchronous == "before_output"
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, sqlite_synchronous)
         if migrate:
@@ -73,11 +81,26 @@ class Store:
             command.upgrade(config, "head")
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, durable: bool = False) -> Iterator[Connection]:
         """A transaction that holds the write lock from its first statement (SQLite:
-        ``BEGIN IMMEDIATE``), committed on exit and rolled back on error."""
-        with self._writer.connect() as conn, conn.begin():
+        ``BEGIN IMMEDIATE``), committed on exit and rolled back on error.
+
+        ``durable``: its commit (and every commit before it) is on disk when it returns,
+        whatever the SQLite mode: for a transaction whose result is about to leave the
+        store (an outside effect runs next, a checkpoint is handed out).
+        """
+        writer = self._durable_writer if durable else self._writer
+        with writer.connect() as conn, conn.begin():
             yield conn
+
+    def sync(self) -> None:
+        """Put every commit made so far on disk (SQLite ``before_output``; ``full`` and
+        PostgreSQL sync each commit already, ``normal`` opts out). Call before handing out
+        what the store holds, so a power cut cannot take back what a reader has seen."""
+        if self._lazy_sync:
+            with self.engine.connect() as conn:
+                # A checkpoint syncs the WAL before copying it into the database file.
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -93,8 +116,15 @@ class Store:
 
 
 def _configure_sqlite(engine: Engine, synchronous: str) -> None:
-    if synchronous not in ("full", "normal"):
-        raise ValueError(f"sqlite synchronous must be full or normal, not {synchronous!r}")
+    if synchronous not in SYNCHRONOUS:
+        raise ValueError(
+            f"sqlite synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}"
+        )
+    # before_output: NORMAL, and FULL for the commits of durable writes. NORMAL in WAL mode
+    # loses no commit to a killed process, only the latest ones to a power cut, and those
+    # whole (entry and in-store effect together); FULL syncs the WAL up to and including
+    # its commit, so nothing committed before a durable write can be lost either.
+    base = "FULL" if synchronous == "full" else "NORMAL"
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -104,18 +134,26 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before it returns, so an acknowledged audit entry
         # survives a power cut. NORMAL (WAL): it survives a killed process, not a power cut.
-        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cursor.execute(f"PRAGMA synchronous={base}")
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.close()
+        _record.info[_DURABLE] = base
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         # A writer takes the lock up front: two deferred transactions that both read then
         # write would deadlock into SQLITE_BUSY instead of queueing.
         # Straight to the driver: SQLAlchemy's statement path would cost more than BEGIN.
-        immediate = conn.get_execution_options().get(_WRITE, False)
-        conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
-            "BEGIN IMMEDIATE" if immediate else "BEGIN"
+        options = conn.get_execution_options()
+        dbapi = conn.connection.dbapi_connection
+        if synchronous == "before_output":
+            # The level in force when COMMIT runs decides; set it only when it changes.
+            want = "FULL" if options.get(_DURABLE, False) else "NORMAL"
+            if conn.connection.info.get(_DURABLE) != want:
+                dbapi.execute(f"PRAGMA synchronous={want}")  # type: ignore[union-attr]
+                conn.connection.info[_DURABLE] = want
+        dbapi.execute(  # type: ignore[union-attr]
+            "BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN"
         )
 
 
