@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often a worker looks for expired leases."
     )
+    lease_takeback_limit: int = Field(
+        default=5,
+        ge=1,
+        description="A message taken back this many times from workers that died holding "
+        "it is dead-lettered instead (a task that takes its whole worker or host down).",
+    )
 
     # --- idempotency, attempts, dead letters -------------------------------------------
     idempotency_ttl_seconds: int = Field(

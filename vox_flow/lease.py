@@ -67,14 +67,20 @@ class LeaseKeeper:
         return len(tags)
 
     def reap(self) -> int:
-        """Requeue messages whose lease lapsed (their worker is gone); returns how many."""
+        """Take back messages whose lease lapsed (their worker is gone): requeued, or
+        dead-lettered at their take-back limit. Returns how many were requeued."""
         deadline = time.time() - self.app.settings.lease_seconds
-        count = 0
-        for tag in expired(self.app, deadline):
-            if settle(self.app, tag, lost=False) == "requeued":
-                count += 1
+        outcomes = [settle(self.app, tag, lost=False) for tag in expired(self.app, deadline)]
+        count, dead = outcomes.count("requeued"), outcomes.count("dead_lettered")
         if count:
             log.warning("took back %d message(s) whose worker stopped renewing", count)
+        if dead:
+            log.error(
+                "dead-lettered %d message(s) taken back %d times (their task takes its "
+                "worker down?)",
+                dead,
+                self.app.settings.lease_takeback_limit,
+            )
         return count
 
     def _loop(self) -> None:

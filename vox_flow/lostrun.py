@@ -7,6 +7,12 @@ puts it back at the front of its queue (with its attempt number raised when the 
 observed to die) or moves it to the dead-letter store once the task's attempts are used up.
 So a poison task that kills its worker every time ends in dead letters after
 ``max_attempts`` runs, and no message is ever in two places or in none.
+
+A message taken back from a worker that stopped renewing (the whole worker or host died, and
+nothing saw the run die) does not count an attempt: it may never have started. It counts a
+take-back instead, and after ``lease_takeback_limit`` of them it is dead-lettered, so a task
+that takes its whole host down is not retried without bound either (the rule of Sidekiq
+Pro's super_fetch, which sends a job recovered three times to its morgue).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from vox_flow.attempts import attempts_key
 from vox_flow.contracts.task import (
     HEADER_ATTEMPT,
     HEADER_KEY,
+    HEADER_TAKEBACKS,
     Attempt,
     AttemptOutcome,
     DeadLetter,
@@ -88,10 +95,11 @@ def settle(
     started_at: datetime | None = None,
     trace_id: str | None = None,
 ) -> Outcome:
-    """Take a reserved message back: requeue it, or dead-letter it when ``lost`` used it up.
+    """Take a reserved message back: requeue it, or dead-letter it once it is used up.
 
-    ``lost`` says the run was seen to die (it counts as an attempt); otherwise the message only
-    lost its lease and goes back unchanged.
+    ``lost`` says the run was seen to die (it counts as an attempt, up to the task's
+    ``max_attempts``); otherwise the message lost its lease (it counts a take-back, up to
+    ``lease_takeback_limit``).
     """
     client = app.redis
     raw = client.hget(UNACKED, delivery_tag)
@@ -106,6 +114,19 @@ def settle(
     typed = app.typed.get(name)
     ended = datetime.now(UTC)
     attempt_json = letter_json = requeue_json = ""
+    takebacks = int(headers.get(HEADER_TAKEBACKS, 0)) + (0 if lost else 1)
+    # Plain Celery tasks keep Celery's requeue-on-loss (no dead letters of theirs).
+    if not lost and typed is not None and takebacks >= app.settings.lease_takeback_limit:
+        error_type = "LeaseExpired"
+        error_message = (
+            f"taken back {takebacks} times from workers that stopped renewing its lease "
+            "while holding it: does it take its whole worker or host down?"
+        )
+        letter_json = _letter(
+            app, message, task_id, routing_key, error_type, error_message, [], ended
+        )
+    elif not lost:
+        headers[HEADER_TAKEBACKS] = takebacks
     if lost:
         attempt = Attempt(
             number=number,
@@ -118,25 +139,17 @@ def settle(
         )
         attempt_json = attempt.model_dump_json()
         if typed is not None and number >= typed.retry.max_attempts:
-            earlier = [
-                Attempt.model_validate_json(item)
-                for item in client.lrange(attempts_key(task_id), 0, -1)
-            ]
-            letter_json = DeadLetter(
-                id=task_id,
-                task_id=task_id,
-                task_name=name,
-                queue=routing_key,
-                payload=decode_payload(message),
-                reason=DeadLetterReason.LOST,
-                error_type=error_type,
-                error_message=error_message,
-                attempts=[*earlier, attempt],
-                node=attempt.node,
-                trace_id=trace_id,
-                idempotency_key=headers.get(HEADER_KEY),
-                dead_at=ended,
-            ).model_dump_json()
+            letter_json = _letter(
+                app,
+                message,
+                task_id,
+                routing_key,
+                error_type,
+                error_message,
+                [attempt],
+                ended,
+                trace_id,
+            )
         else:
             headers[HEADER_ATTEMPT] = number + 1
     if not letter_json:
@@ -173,6 +186,39 @@ def settle(
             events.send("task-failed", uuid=task_id, exception=repr(exc), traceback=None)
         return "dead_lettered"
     return "requeued"
+
+
+def _letter(
+    app: VoxFlow,
+    message: dict[str, Any],
+    task_id: str,
+    routing_key: str,
+    error_type: str,
+    error_message: str,
+    last: list[Attempt],
+    ended: datetime,
+    trace_id: str | None = None,
+) -> str:
+    """The dead letter (JSON) of a lost run: its recorded attempts, then ``last``."""
+    headers = message["headers"]
+    earlier = [
+        Attempt.model_validate_json(item) for item in app.redis.lrange(attempts_key(task_id), 0, -1)
+    ]
+    return DeadLetter(
+        id=task_id,
+        task_id=task_id,
+        task_name=str(headers.get("task", "?")),
+        queue=routing_key,
+        payload=decode_payload(message),
+        reason=DeadLetterReason.LOST,
+        error_type=error_type,
+        error_message=error_message,
+        attempts=[*earlier, *last],
+        node=last[-1].node if last else app.settings.node_id,
+        trace_id=trace_id,
+        idempotency_key=headers.get(HEADER_KEY),
+        dead_at=ended,
+    ).model_dump_json()
 
 
 def expired(app: VoxFlow, older_than: float, limit: int = 100) -> list[str]:

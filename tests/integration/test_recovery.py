@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration import tasks
 from tests.integration.conftest import StartWorker
-from tests.integration.workers import vox_flow_worker_args
+from tests.integration.workers import celery_worker_args, vox_flow_worker_args
 from vox_flow.app import app
 from vox_flow.deadletter import DeadLetterStore
 from vox_flow.errors import TaskFailed
@@ -108,6 +108,36 @@ def test_sigkilled_worker_task_completes_on_another_within_60s(
     assert recovered_in < 60, recovered_in
     assert app.redis.llen("test:slow-start:s") == 2  # ran again after the kill
     assert app.redis.llen("test:slow-done:s") == 1
+
+
+def test_task_that_takes_its_whole_worker_down_ends_in_dead_letters(
+    redis_url: str, start_worker: StartWorker
+) -> None:
+    """No process is left to see the run die, so no attempt is counted: the message comes
+    back only through its lapsed lease, and its take-backs are what bound it."""
+    fast = {"lease_seconds": "2", "lease_renew_seconds": "0.5",
+            "reaper_interval_seconds": "0.5", "lease_takeback_limit": "2"}  # fmt: skip
+    # A worker of another queue, left alive to take the messages back.
+    start_worker("keeper", args=[*celery_worker_args("keeper"), "-Q", tasks.echo.queue], **fast)
+    handle = submit(tasks.poison, {"id": "host", "value": 0})
+    for run in (1, 2):
+        # Solo pool: the task runs in the worker's only process, which it kills.
+        name = f"victim{run}"
+        victim = start_worker(
+            name, args=[*celery_worker_args(name), "-Q", tasks.poison.queue], **fast
+        )
+        process = victim.process
+        assert process is not None
+        wait_for(lambda p=process: p.poll() is not None, 30, f"the poison task to take {name} down")
+        assert app.redis.llen("test:poison:host") == run
+    with pytest.raises(TaskFailed) as err:
+        handle.result(timeout=30)
+    assert err.value.dead_letter_id == handle.id
+    letter = DeadLetterStore(app).get(handle.id)
+    assert letter.reason == "lost" and letter.error_type == "LeaseExpired", letter
+    assert "taken back 2 times" in letter.error_message
+    assert letter.payload == {"id": "host", "value": 0}
+    assert app.redis.hlen("unacked") == 0 and app.redis.llen(tasks.poison.queue) == 0
 
 
 def test_effect_runs_once_per_key_when_delivered_twice(

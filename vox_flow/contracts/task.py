@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # vox_flow's own message headers (Celery carries custom headers through retries).
 HEADER_KEY = "vf_key"  # the idempotency key of the effect
 HEADER_ATTEMPT = "vf_attempt"  # the number of the attempt this message starts (1-based)
+HEADER_TAKEBACKS = "vf_takebacks"  # times taken back from a worker that stopped renewing
 
 
 class AttemptOutcome(StrEnum):
