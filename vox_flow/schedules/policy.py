@@ -98,7 +98,14 @@ class OverlapAction(StrEnum):
 
 
 def overlap_action(policy: OverlapPolicy, previous_running: bool, buffered: bool) -> OverlapAction:
-    """The overlap policy's answer for one fire (``buffered``: one fire already waits)."""
+    """The overlap policy's answer for one fire (``buffered``: one fire already waits).
+
+    A held fire runs before any newer fire of its schedule. So buffer_one with one fire held
+    and the previous run ended answers BUFFER: the held fire is released first (the caller
+    does that) and this one is held behind it.
+    """
+    if policy is OverlapPolicy.BUFFER_ONE and buffered and not previous_running:
+        return OverlapAction.BUFFER
     if not previous_running or policy is OverlapPolicy.ALLOW:
         return OverlapAction.FIRE
     if policy is OverlapPolicy.SKIP:

@@ -242,9 +242,13 @@ class Timetable:
         return result == "ok"
 
     def _one_fire(self, entry: Entry, fire: datetime) -> None:
-        action = policy.overlap_action(
-            entry.spec.overlap, self._running(entry), entry.buffered is not None
-        )
+        running = self._running(entry)
+        if entry.buffered is not None and not running:
+            # The held fire goes before this newer one. Deciding this one first would start
+            # it while the held fire still waits, to run after it (out of order) whenever the
+            # previous run ends between the last tick and the tick that makes this fire.
+            running = self._release(entry)
+        action = policy.overlap_action(entry.spec.overlap, running, entry.buffered is not None)
         mode: ClaimMode = "fire"
         if action is policy.OverlapAction.SKIP:
             mode = "skip"
@@ -256,11 +260,12 @@ class Timetable:
             self.app.control.revoke(entry.last_task_id, terminate=True)
         self._enqueue(entry, fire)
 
-    def _enqueue(self, entry: Entry, fire: datetime) -> None:
-        """Enqueue a claimed fire under its idempotency key and commit it."""
+    def _enqueue(self, entry: Entry, fire: datetime) -> bool:
+        """Enqueue a claimed fire under its idempotency key and commit it; True when a run
+        was enqueued and committed."""
         token = self.lock.token
         if token is None:
-            return
+            return False
         spec = entry.spec
         task_id = ""
         try:
@@ -273,13 +278,14 @@ class Timetable:
             log.error("schedule %s: fire %s not enqueued: %s", spec.name, fire, exc)
         if not self.store.commit(token, spec.name, fire, task_id, entry.next_fire):
             self._step_down("a newer leader holds the fence")
-            return
+            return False
         entry.last_fire = max(entry.last_fire or fire, fire)
         if task_id:
             entry.last_task_id = task_id
         if entry.buffered == fire:
             entry.buffered = None
             self.waiting.discard(spec.name)
+        return bool(task_id)
 
     def _release_buffered(self) -> None:
         """Fire the buffered fire of every schedule whose previous run has ended."""
@@ -290,8 +296,16 @@ class Timetable:
                 continue
             if self.lock.token is None or self._running(entry):
                 continue
-            if self._claim(entry, entry.buffered, "release"):
-                self._enqueue(entry, entry.buffered)
-            else:
-                entry.buffered = None
-                self.waiting.discard(name)
+            self._release(entry)
+
+    def _release(self, entry: Entry) -> bool:
+        """Fire the held fire now; True when its run was enqueued."""
+        held = entry.buffered
+        if held is None:
+            return False
+        if self._claim(entry, held, "release"):
+            return self._enqueue(entry, held)
+        # Paused meanwhile, or already made: nothing is held any more.
+        entry.buffered = None
+        self.waiting.discard(entry.spec.name)
+        return False
