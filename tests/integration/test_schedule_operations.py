@@ -410,9 +410,19 @@ def test_cancel_previous_terminates_the_running_run_on_a_prefork_worker(
     worker = start_worker("w1", pool="prefork", concurrency=2, **env.settings)
     beat = start_beat()
     wait_for(lambda: len(runs("t:cancel")) >= 4, 20, "four runs")
+    # Pause before stopping the beat: SIGTERM raises SystemExit wherever the beat is, and
+    # between a fire's revoke and its commit that leaves the state naming the revoked run.
+    # Fires are serial, so once the first fire after the pause is recorded (as skipped),
+    # every fire before it is committed and none is in flight.
+    store = ScheduleStore(app.redis)
+    store.set_paused("cancel", True)
+    next_fire = at(time.time() // 2 * 2 + 2)  # the cron fires on even seconds
+    wait_for(lambda: (store.state("cancel").last_fire or at(0)) >= next_fire, 10, "a paused fire")
     stop(beat)
+    state = store.state("cancel")
+    assert state.pending_fire is None
     # The last run enqueued is the one the schedule's state names (it may start just now).
-    last_id = ScheduleStore(app.redis).state("cancel").last_task_id
+    last_id = state.last_task_id
     wait_for(lambda: runs("t:cancel")[-1].task_id == last_id, 5, "the last fire's run")
     last = runs("t:cancel")[-1]
     wait_for(

@@ -317,3 +317,18 @@ def test_buffer_one_releases_the_held_fire_before_a_newer_fire(
     tick_at(3.5)
     assert list(fake_app.runs) == keys(1, 2, 3)
     assert "buffered" not in store.row("s")
+
+
+@pytest.mark.parametrize("previous", ["PENDING", "SUCCESS"])
+def test_a_new_leader_revokes_before_finishing_a_pending_cancel_previous_fire(
+    fake_app: FakeApp, monkeypatch: pytest.MonkeyPatch, previous: str
+) -> None:
+    # A leader died between its claim of fire 2 and its revoke of the run fire 1 made.
+    store = FakeStore()
+    store.rows["s"] = {"last_fire": second(1), "last_task_id": "run-0", "pending": second(2)}
+    monkeypatch.setattr(timetable, "ScheduleStore", lambda client: store)
+    fake_app.results["run-0"] = previous
+    leading(fake_app, "cancel_previous", Clock(second(2.1)))
+    assert fake_app.revoked == (["run-0"] if previous == "PENDING" else [])
+    assert list(fake_app.runs) == keys(2)
+    assert store.row("s")["last_task_id"] == "run-1" and "pending" not in store.row("s")

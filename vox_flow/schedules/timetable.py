@@ -171,6 +171,12 @@ class Timetable:
                 entry.last_fire = now.replace(microsecond=now.microsecond // 1000 * 1000)
                 marks[name] = entry.last_fire
             if state.pending_fire is not None and self.lock.token is not None:
+                previous = entry.last_task_id
+                cancel = entry.spec.overlap is OverlapPolicy.CANCEL_PREVIOUS
+                if cancel and previous and self._running(entry):
+                    # The dead leader may have died after its claim but before its revoke;
+                    # revoking a run twice is harmless.
+                    self.app.control.revoke(previous, terminate=True)
                 self._enqueue(entry, state.pending_fire)
             self._push(entry, entry.last_fire)
         if marks:
