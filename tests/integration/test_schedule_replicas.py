@@ -21,6 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TASKS = "tests.integration.schedule_tasks"
 TTL = 3.0
+TICK = 0.1
 SCHEDULE = """
 [[schedule]]
 name = "every-second"
@@ -70,7 +71,7 @@ def test_leader_killed_twice_every_fire_runs_exactly_once(
         "task_modules": TASKS,
         "schedules_dir": str(schedules),
         "beat_leader_ttl_seconds": str(TTL),
-        "beat_tick_seconds": "0.1",
+        "beat_tick_seconds": str(TICK),
     }
     start_worker("w1", **settings)
     env = worker_env(redis_url, data_dir, **{k: str(v) for k, v in settings.items()})
@@ -80,21 +81,21 @@ def test_leader_killed_twice_every_fire_runs_exactly_once(
         for n in range(3):
             proc = start_beat(env, tmp_path / f"beat{n}.log")
             beats[proc.pid] = proc
-        takeovers = []
+        takeovers = []  # (seconds until a new leader was seen, lock time left at the kill)
         leader, _ = leader_pid(client, 30)
         for _ in range(2):
             time.sleep(8)
             os.killpg(leader, signal.SIGKILL)
             beats.pop(leader).wait(10)
             killed_at = time.monotonic()
-            client_value = client.get("vf:sched:leader")
-            assert client_value is not None  # the dead leader's lock lives on until its TTL
+            left = client.pttl("vf:sched:leader") / 1000
+            assert left > 0  # the dead leader's lock lives on until its TTL
             while True:
                 new, seen = leader_pid(client, TTL + 5)
                 if new != leader:
                     break
                 time.sleep(0.05)
-            takeovers.append(seen - killed_at)
+            takeovers.append((seen - killed_at, left))
             leader = new
         time.sleep(8)
     finally:
@@ -120,5 +121,8 @@ def test_leader_killed_twice_every_fire_runs_exactly_once(
     # catch_up with a 60 s window: the downtimes lose nothing, so the fires are every second.
     assert fires == expected, f"missing: {sorted(set(expected) - set(fires))}"
     assert len(fires) >= 25
-    # Failover within the TTL (plus a tick and the polling above).
-    assert all(t <= TTL + 1.0 for t in takeovers), takeovers
+    # A follower takes the lock at its first tick after the dead leader's lock expires: within
+    # the time the lock had left, one tick, and this test's 0.05 s polling. The rest of the
+    # margin is for a follower or this process waiting for a core (2 shared cores).
+    margin = TICK + 0.05 + 0.35
+    assert all(t <= left + margin for t, left in takeovers), takeovers
