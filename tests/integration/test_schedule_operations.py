@@ -245,40 +245,43 @@ def test_trigger_fires_now_each_time_under_its_own_key_and_a_replay_enqueues_not
     env: Env, start_worker: StartWorker
 ) -> None:
     (env.schedules / "yearly.toml").write_text(YEARLY)
-    start_worker("w1", **env.settings)
     loaded = load_dir(app, env.schedules)
     assert loaded.errors == []
+    # No worker yet: every message enqueued stays on the queue to be counted. (Counting runs
+    # could not see a duplicate message: the worker skips a key it already ran.)
     auditor = Auditor.open(Settings(data_dir=env.data_dir))
     try:
         asked = datetime.now(UTC)
         first, run1 = trigger(app, loaded, "yearly", auditor=auditor, actor="bo", reason="rerun")
         time.sleep(0.01)  # the fire time has millisecond resolution
         second, run2 = trigger(app, loaded, "yearly", auditor=auditor, actor="bo", reason="again")
-        keys = [run1.result(timeout=30).key, run2.result(timeout=30).key]
-        # Twice triggered: two runs under two fire keys, each the fire time its entry holds.
-        assert run1.id != run2.id and keys[0] != keys[1]
-        assert keys == [
-            f"schedule:yearly:{first.payload_data()['fire_time']}",
-            f"schedule:yearly:{second.payload_data()['fire_time']}",
-        ]
-        # Now, truncated to the millisecond.
-        low = asked - timedelta(milliseconds=1)
-        assert all(low < fire_time(k) <= datetime.now(UTC) for k in keys), (asked, keys)
+        assert app.redis.llen(RECORD_QUEUE) == 2
 
         # The outbox replaying the first entry's effect enqueues nothing (same key).
         effect = schedule_effects(app).outside_effect(TRIGGER)
         assert effect is not None
         effect(first)
+        assert app.redis.llen(RECORD_QUEUE) == 2
     finally:
         auditor.store.dispose()
 
-    # The CLI's trigger runs after anything the replay could have enqueued (one solo worker,
-    # one queue): once it ran, a duplicate would have run too.
     cli = env.cli("schedules", "trigger", "yearly", "--reason", "from cli", "--actor", "cy")
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.startswith("triggered yearly: task ") and "(audit entry 3)" in cli.stdout
+    assert app.redis.llen(RECORD_QUEUE) == 3
+
+    start_worker("w1", **env.settings)
+    keys = [run1.result(timeout=30).key, run2.result(timeout=30).key]
+    # Twice triggered: two runs under two fire keys, each the fire time its entry holds.
+    assert run1.id != run2.id and keys[0] != keys[1]
+    assert keys == [
+        f"schedule:yearly:{first.payload_data()['fire_time']}",
+        f"schedule:yearly:{second.payload_data()['fire_time']}",
+    ]
+    # Now, truncated to the millisecond.
+    low = asked - timedelta(milliseconds=1)
+    assert all(low < fire_time(k) <= datetime.now(UTC) for k in keys), (asked, keys)
     wait_for(lambda: len(rows("t:triggered")) >= 3, 30, "the CLI's triggered run")
-    time.sleep(0.3)
     assert len(fires("t:triggered")) == 3
 
     unknown = env.cli("schedules", "pause", "nope", "--actor", "cy")
