@@ -12,12 +12,18 @@ from pathlib import Path
 from typing import Literal
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 Fsync = Literal["always", "everysec", "no"]
 
 
 class ServerStartError(RuntimeError):
     """The server binary is missing or the process did not come up."""
+
+
+class _PortTaken(ServerStartError):
+    """The server could not bind its port: something else holds it."""
 
 
 def embedded_binary() -> str:
@@ -53,11 +59,12 @@ def free_port() -> int:
 class RedisServer:
     """One server process on 127.0.0.1 with its data (AOF) in ``data_dir``.
 
-    ``start`` and ``stop`` may be called again: a restarted server reloads its AOF.
+    ``start`` and ``stop`` may be called again: a restarted server reloads its AOF, on the
+    same port. ``port`` 0 (the default) picks a free one at the first start.
     """
 
     data_dir: Path
-    port: int = field(default_factory=free_port)
+    port: int = 0
     binary: str = field(default_factory=find_binary)
     appendonly: bool = True
     appendfsync: Fsync = "everysec"
@@ -69,7 +76,25 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and return once it answers PING."""
+        if self.port:
+            self._start(timeout)
+            return
+        # A free port may be taken between choosing it and the server binding it (another
+        # process's outgoing connection, another test session's server): choose again.
+        for tries_left in reversed(range(3)):
+            self.port = free_port()
+            try:
+                self._start(timeout)
+                return
+            except _PortTaken:
+                if not tries_left:
+                    raise
+                continue
+
+    def _start(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir / "server.log"
+        logged = log.stat().st_size if log.exists() else 0  # what earlier starts wrote
         args = [
             self.binary,
             "--port", str(self.port),
@@ -78,25 +103,34 @@ class RedisServer:
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
-            "--logfile", str(self.data_dir / "server.log"),
+            "--logfile", str(log),
             "--protected-mode", "yes",
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        # A read timeout too: what holds the port may accept and never answer.
+        client = redis.Redis(
+            port=self.port,
+            socket_connect_timeout=0.2,
+            socket_timeout=1.0,
+            retry=Retry(NoBackoff(), 0),  # this loop is the retry; redis-py's would wait ~15 s
+        )
         deadline = time.monotonic() + timeout
         try:
             while True:
                 if self.process.poll() is not None:
-                    raise ServerStartError(
-                        f"{self.binary} exited with {self.process.returncode}; "
-                        f"see {self.data_dir / 'server.log'}"
-                    )
+                    with log.open("rb") as lines:
+                        lines.seek(logged)
+                        taken = b"Address already in use" in lines.read()
+                    error = _PortTaken if taken else ServerStartError
+                    raise error(f"{self.binary} exited with {self.process.returncode}; see {log}")
                 try:
-                    if client.ping():
+                    # PING answers only once the AOF is loaded; the pid tells ours from
+                    # another server that holds the port (ours then fails to bind and exits).
+                    if client.ping() and client.info("server")["process_id"] == self.process.pid:
                         return
-                except (redis.ConnectionError, redis.BusyLoadingError):
+                except redis.RedisError:  # not up, still loading, or not ours to ask
                     pass
                 if time.monotonic() > deadline:
                     self.stop()
