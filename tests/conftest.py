@@ -35,6 +35,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _server = None
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration is marked ``integration`` (a conftest's own
+    ``pytestmark`` would mark nothing)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> RedisServer:
     """The session's private Redis server (system redis-server if present, else valkey)."""

@@ -9,8 +9,6 @@ import pytest
 
 from tests.integration.workers import WorkerProcess, celery_worker_args, worker_env
 
-pytestmark = pytest.mark.integration
-
 StartWorker = Callable[..., WorkerProcess]
 
 

@@ -27,9 +27,11 @@ def test_retry_delays_stay_within_the_policy(redis_url: str, start_worker: Start
         assert earlier.retry_in is not None and earlier.ended_at is not None
         # Full jitter: the chosen delay lies in [0, base * 2**(n-1)] capped at max_delay ...
         assert 0 <= earlier.retry_in <= policy.ceiling(earlier.number)
-        # ... and the next attempt starts no sooner than that delay, and not much later.
+        # ... and the next attempt starts no sooner than that delay. The upper bound only
+        # tells a countdown retry from a redelivery (a lapsed lease: 30 s or more); what
+        # lies between is the worker's own scheduling, which a loaded 2-core box stretches.
         gap = (later.started_at - earlier.ended_at).total_seconds()
-        assert earlier.retry_in - 0.05 <= gap <= earlier.retry_in + 1.0, (gap, earlier.retry_in)
+        assert earlier.retry_in - 0.05 <= gap <= earlier.retry_in + 5.0, (gap, earlier.retry_in)
 
 
 def test_dead_letter_after_max_attempts(redis_url: str, start_worker: StartWorker) -> None:
