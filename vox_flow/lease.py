@@ -12,7 +12,8 @@ the defaults), however long its tasks run.
 Limits: node clocks must agree within a few seconds (scores are wall-clock times, as kombu
 writes them); a worker frozen for longer than ``lease_seconds`` (SIGSTOP, swap storm) loses its
 messages to others, so they may run twice — delivery is at-least-once, effects are once per
-idempotency key.
+idempotency key. A message taken back ``lease_takeback_limit`` times is dead-lettered
+(lostrun.settle), so a task that takes its whole host down does not loop forever.
 """
 
 from __future__ import annotations
