@@ -417,7 +417,10 @@ def test_cancel_previous_terminates_the_running_run_on_a_prefork_worker(
     (env.schedules / "cancel.toml").write_text(
         slow_schedule("cancel", f"* * * * * */{every}", "cancel_previous", "t:cancel", run_seconds)
     )
-    worker = start_worker("w1", pool="prefork", concurrency=2, **env.settings)
+    # Short leases, so that a terminated run's message, were it left to the reaper, would be
+    # taken back within the test (lease + reaper interval + renew interval: 3 s).
+    lease = {"lease_seconds": "2", "reaper_interval_seconds": "0.5", "lease_renew_seconds": "0.5"}
+    worker = start_worker("w1", pool="prefork", concurrency=2, **env.settings, **lease)
     beat = start_beat()
     wait_for(lambda: len(runs("t:cancel")) >= 4, 20, "four runs")
     # Pause before stopping the beat: SIGTERM raises SystemExit wherever the beat is, and
@@ -458,7 +461,8 @@ def test_cancel_previous_terminates_the_running_run_on_a_prefork_worker(
         assert late < waited / 2, f"{run.key} started {late:.1f} s late: it waited for a process"
     # Still running (it reads PENDING: task_track_started is off).
     assert str(app.AsyncResult(last.task_id).state) == "PENDING"
-    # A terminated run is not redelivered (task_reject_on_worker_lost must not requeue it).
-    time.sleep(1.0)
+    # A terminated run is not redelivered: neither requeued at once (task_reject_on_worker_lost)
+    # nor taken back by the reaper once its lease lapses (3 s, plus a second to start it).
+    time.sleep(4.0)
     assert len(runs("t:cancel")) == len(started)
     worker.kill()  # the last run sleeps 30 s: no warm shutdown
