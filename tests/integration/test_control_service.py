@@ -18,6 +18,7 @@ from tests.integration import tasks
 from tests.integration.conftest import StartWorker
 from tests.integration.workers import ROOT, worker_env
 from vox_flow.app import app
+from vox_flow.broker.server import RedisServer
 from vox_flow.config import Settings
 from vox_flow.contracts.audit import AuditEntry, Op, OpEvent, OpKind
 from vox_flow.control.actions import Auditor, EffectFailed, Effects, pending, perform
@@ -27,6 +28,7 @@ from vox_flow.control.oplog import OpLog
 from vox_flow.errors import TaskFailed
 from vox_flow.schedules.operations import PAUSE
 from vox_flow.schedules.store import ScheduleStore
+from vox_flow.store import open_store
 from vox_flow.submit import submit
 
 pytestmark = pytest.mark.integration
@@ -112,7 +114,8 @@ def test_control_service_records_ops_resumes_outbox_and_checkpoints(
             return list(oplog.ops())
 
         worker = start_worker("w1")
-        # A node op means the service is subscribed to events: nothing sent after it is lost.
+        # A node op means the service's subscription is live, and it keeps that one for as
+        # long as the broker connection lasts: nothing sent after it is lost.
         _until(lambda: any(op.kind == OpKind.NODE for op in ops()), "the node to join")
         assert control.poll() is None
         # Resume runs before ingest starts, so the crashed effect is finished by now.
@@ -160,5 +163,47 @@ def test_control_service_records_ops_resumes_outbox_and_checkpoints(
         keys = log.keys()
         control_key = next(k.key_id for k in keys if k.owner == CONTROL_KEY)
         assert [(c.size, c.key_id) for c in log.checkpoints()] == [(entry.seq, control_key)]
+    finally:
+        store.dispose()
+
+
+def test_control_service_subscribes_again_after_the_broker_restarts(
+    redis_server: RedisServer,
+    redis_url: str,
+    data_dir: Path,
+    tmp_path: Path,
+    start_control: StartControl,
+) -> None:
+    store = open_store(Settings(broker_url=redis_url, data_dir=data_dir))  # migrated here
+    oplog = OpLog(store)
+    control = start_control()
+    log_path = tmp_path / "control.log"
+
+    def running() -> bool:
+        assert control.poll() is None, "the control service exited"
+        return True
+
+    def joined(node: str) -> bool:
+        # Sent until it arrives: the service may not be subscribed (again) yet.
+        with app.events.default_dispatcher(hostname=node) as dispatcher:
+            dispatcher.send("worker-heartbeat", retry=True)
+        return running() and any(op.subject == node for op in oplog.ops())
+
+    def losses() -> int:
+        return log_path.read_text(errors="replace").count("broker connection lost")
+
+    try:
+        _until(lambda: joined("n1@test"), "the first node to join")
+        redis_server.stop()
+        try:
+            # The subscription breaks, then a reconnect fails: the service must keep trying.
+            _until(lambda: running() and losses() >= 2, "a failed reconnect")
+        finally:
+            redis_server.start()
+        _until(lambda: joined("n2@test"), "the second node to join, after the restart")
+        control.send_signal(signal.SIGTERM)
+        assert control.wait(20) == 0
+        nodes = [(op.subject, op.event) for op in oplog.ops() if op.kind == OpKind.NODE]
+        assert nodes == [("n1@test", OpEvent.JOINED), ("n2@test", OpEvent.JOINED)]
     finally:
         store.dispose()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 
 from tests.integration.conftest import StartWorker
@@ -51,11 +52,13 @@ def test_worker_events_become_ops(
 ) -> None:
     app.conf.broker_url = redis_url
     oplog = OpLog(sqlite_store(tmp_path))
-    stop = threading.Event()
-    thread = threading.Thread(target=ingest, args=(app, oplog), kwargs={"stop": stop})
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(
+        target=ingest, args=(app, oplog), kwargs={"stop": stop, "ready": ready}
+    )
     thread.start()
     try:
-        time.sleep(1.0)  # the receiver binds its queue before the first event is sent
+        assert ready.wait(10), "the ingester never subscribed"
         args = [sys.executable, "-m", "celery", "-A", "tests.integration.test_oplog_ingest:app",
                 "worker", "-E", "-P", "solo", "-c", "1", "-n", "w1@%h", "-Q", "vf-ingest",
                 "-l", "info", "--without-mingle", "--without-gossip"]  # fmt: skip
@@ -93,3 +96,48 @@ def test_worker_events_become_ops(
     assert started.data["node"].startswith("w1@")
     received = next(op for op in ops if op.event == OpEvent.RECEIVED)
     assert received.data["name"].startswith("ingest.")
+
+
+def test_no_event_is_lost_across_idle_periods(redis_url: str, tmp_path: Path) -> None:
+    """Every event sent after an idle spell longer than kombu's 1 s drain timeout is an op.
+
+    Celery's ``Receiver.capture`` gives up its subscription after an idle second and
+    subscribes again a few ms later; an event published in that gap was lost. So each event
+    here waits 1.5 s, or is sent the moment the broker's count of pattern subscriptions (the
+    ingester's, here) drops.
+    """
+    app.conf.broker_url = redis_url
+    oplog = OpLog(sqlite_store(tmp_path))
+    stop, ready = threading.Event(), threading.Event()
+    thread = threading.Thread(
+        target=ingest, args=(app, oplog), kwargs={"stop": stop, "ready": ready}
+    )
+    thread.start()
+    client = redis.Redis.from_url(redis_url)
+    task = {"name": "ingest.add"}
+    sends = [("worker-online", {}), ("task-received", {"uuid": "t1", **task}),
+             ("task-received", {"uuid": "t2", **task}), ("worker-offline", {})]  # fmt: skip
+    drops = 0
+    try:
+        assert ready.wait(10), "the ingester never subscribed"
+        subscribed = client.pubsub_numpat()
+        assert subscribed >= 1
+        with app.events.default_dispatcher(hostname="w9@idle") as dispatcher:
+            for kind, fields in sends:
+                idle_until = time.monotonic() + 1.5
+                while time.monotonic() < idle_until:
+                    if client.pubsub_numpat() < subscribed:
+                        drops += 1
+                        break
+                    time.sleep(0.001)  # the old gap lasted 4-7 ms
+                dispatcher.send(kind, **fields)
+        deadline = time.monotonic() + 10
+        while len(list(oplog.ops())) < len(sends) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(30)
+        client.close()
+    ops = [(op.subject, op.event) for op in oplog.ops()]
+    assert ops == [("w9@idle", OpEvent.JOINED), ("t1", OpEvent.RECEIVED),
+                   ("t2", OpEvent.RECEIVED), ("w9@idle", OpEvent.LEFT)], (ops, drops)  # fmt: skip

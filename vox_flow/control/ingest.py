@@ -7,6 +7,12 @@ script and sends none, so the first op of a submitted task is ``received`` (a ta
 waiting in its queue is not in the op-log yet). A ``task-failed`` whose exception is
 vox_flow's ``DeadLettered`` is a ``dead_lettered`` op. Events are buffered briefly and
 appended in small batches, so a busy broker costs one transaction per batch, not per event.
+
+On Redis, Celery's events are pub/sub: an event published while nobody is subscribed is lost.
+So one subscription is kept for the life of :func:`ingest`, idle or not (Celery's
+``Receiver.capture`` renews it after each idle second, and events sent in that gap are lost).
+What is still lost: events sent before the subscription is live (``ready``), and those sent
+while a lost broker connection is being re-established by the caller.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +44,8 @@ _KEPT_FIELDS = ("name", "queue", "exception", "runtime", "retries")
 # The repr Celery puts in a task-failed event when the worker dead-lettered the task
 # (vox_flow.errors.DeadLettered, raised after the dead letter is stored).
 DEAD_LETTERED_PREFIX = "DeadLettered("
+# What an ingester sends itself to learn that its subscription is live (no op).
+PROBE_EVENT = "vox_flow-ingest-probe"
 
 
 # A node silent this long has left, even if it never said so (killed, machine lost). Celery
@@ -103,18 +112,23 @@ def ingest(
     flush_every: float = 0.2,
     batch: int = 500,
     mapper: EventMapper | None = None,
+    ready: threading.Event | None = None,
 ) -> int:
     """Append an op for every relevant event on ``app``'s broker until ``stop`` is set.
 
-    Returns how many ops were appended. Events are at most ``flush_every`` seconds (or
+    Returns how many ops were appended. Events are at most about ``flush_every`` seconds (or
     ``batch`` events) in the buffer before they are written, and are written however the
-    loop ends. Pass the same ``mapper`` to a call that resumes after a lost connection, so
-    nodes already known online are not joined again.
+    loop ends. ``ready`` is set once the subscription is live: every event sent after that is
+    in the op-log unless the broker connection is lost. A lost or unreachable broker raises
+    one of the connection's ``connection_errors`` or kombu's ``OperationalError``; pass the
+    same ``mapper`` to the call that resumes, so nodes already known online are not joined
+    again.
     """
     mapper = mapper or EventMapper()
     buffer: list[NewOp] = []
-    oldest = 0.0
     written = 0
+    nonce = uuid.uuid4().hex
+    subscribed = False
 
     def flush() -> None:
         nonlocal written
@@ -123,29 +137,45 @@ def ingest(
             written += len(buffer)
             buffer.clear()
 
+    def handle(event: dict[str, Any]) -> None:
+        nonlocal subscribed
+        if event.get("type") == PROBE_EVENT:  # ours or another ingester's: not an op
+            if event.get("nonce") == nonce and not subscribed:
+                subscribed = True
+                if ready is not None:
+                    ready.set()
+            return
+        op = mapper.op(event)
+        if op is not None:
+            buffer.append(op)
+            if len(buffer) >= batch:
+                flush()
+
     with contextlib.ExitStack() as cleanup:
         # Whatever ends the loop (stop, a lost broker connection), buffered ops are written.
         cleanup.callback(flush)
         connection = cleanup.enter_context(app.connection_for_read())
-        receiver: Any = app.events.Receiver(connection, handlers={})
-
-        def handle(event: dict[str, Any]) -> None:
-            nonlocal oldest
-            op = mapper.op(event)
-            if op is not None:
-                if not buffer:
-                    oldest = time.monotonic()
-                buffer.append(op)
-            if len(buffer) >= batch or (buffer and time.monotonic() - oldest >= flush_every):
-                flush()
-            if stop.is_set():
-                receiver.should_stop = True
-
-        receiver.handlers = {"*": handle}
+        receiver: Any = app.events.Receiver(connection, handlers={"*": handle})
+        # Kombu retries an unreachable broker forever and would never look at ``stop``; fail
+        # at once instead, and let the caller retry with its own backoff.
+        receiver.connect_max_retries = 0
+        # One subscription for the whole call. The events exchange is Redis pub/sub: whatever
+        # is published while it is not subscribed is gone, so it is never renewed when idle.
+        conn, _, _ = cleanup.enter_context(receiver.consumer_context(wakeup=False))
+        prober = app.events.Dispatcher(conn, buffer_while_offline=False)
+        probed: float | None = None
+        due = time.monotonic() + flush_every
         while not stop.is_set():
-            # An idle broker raises a timeout after flush_every: time to flush and look at stop.
-            with contextlib.suppress(TimeoutError):
-                receiver.capture(limit=None, timeout=flush_every, wakeup=False)
-            buffer.extend(mapper.silent(time.time()))
-            flush()
+            with contextlib.suppress(TimeoutError):  # idle: time to flush and look at stop
+                conn.drain_events(timeout=max(due - time.monotonic(), 0.01))
+            now = time.monotonic()
+            # Kombu sends the subscribe only in the first drain, so probe after it, and again
+            # until our own probe comes back: then the broker has the subscription.
+            if not subscribed and (probed is None or now - probed >= flush_every):
+                prober.send(PROBE_EVENT, nonce=nonce)
+                probed = now
+            if now >= due:
+                buffer.extend(mapper.silent(time.time()))
+                flush()
+                due = now + flush_every
     return written

@@ -6,9 +6,10 @@ set (SIGTERM/SIGINT in ``vox-flow control``), it turns Celery's events into op-l
 (:func:`vox_flow.control.ingest.ingest`; buffered ops are written before it returns) and
 signs a checkpoint of the audit log every ``control_checkpoint_seconds`` when the log grew.
 
-Celery's events are fire-and-forget: events sent while no control service listens are not
-in the op-log. A lost broker connection is retried with backoff; a store error ends the
-service (its supervisor restarts it) rather than dropping ops silently.
+Celery's events are fire-and-forget: events sent while no control service listens (or while
+it reconnects to the broker) are not in the op-log. A lost broker connection is retried with
+backoff; a store error ends the service (its supervisor restarts it) rather than dropping
+ops silently.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from kombu.exceptions import OperationalError
 from sqlalchemy import func, select
 
 from vox_flow.contracts.audit import Checkpoint
@@ -99,16 +101,21 @@ class ControlService:
 
     def _ingest(self) -> None:
         with self.app.connection_for_read() as probe:  # lazy: nothing connects here
-            lost_connection = probe.connection_errors
+            # ingest raises OperationalError when it cannot connect at all.
+            lost_connection: tuple[type[BaseException], ...] = (
+                *probe.connection_errors,
+                OperationalError,
+            )
         mapper = EventMapper()  # kept across reconnects: known nodes are not joined again
         delay = _RECONNECT_FIRST
         while not self.stop.is_set():
             log.info("ingesting Celery events into the op-log")
+            subscribed = threading.Event()
             try:
-                ingest(self.app, self.oplog, stop=self.stop, mapper=mapper)
+                ingest(self.app, self.oplog, stop=self.stop, mapper=mapper, ready=subscribed)
             except lost_connection as error:
+                if subscribed.is_set():  # it was working: events are lost until we are back
+                    delay = _RECONNECT_FIRST
                 log.warning("broker connection lost (%s); reconnecting in %.1f s", error, delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, _RECONNECT_MAX)
-            else:
-                delay = _RECONNECT_FIRST
