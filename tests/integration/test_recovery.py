@@ -27,6 +27,7 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
 
 
 LAYOUTS = ["celery-prefork", "vox-flow-worker"]
+_PROBE = "test-eventlog-probe"
 
 
 class EventLog:
@@ -41,16 +42,19 @@ class EventLog:
         assert self._ready.wait(10)
 
     def _run(self, types: tuple[str, ...]) -> None:
+        handlers: dict[str, Any] = {t: self.events.append for t in types}
+        handlers[_PROBE] = lambda event: self._ready.set()
         with app.connection_for_read() as connection:
-            receiver = app.events.Receiver(
-                connection, handlers={t: self.events.append for t in types}
-            )
-            # Events are pub/sub: report ready only once the subscription exists.
+            receiver = app.events.Receiver(connection, handlers=handlers)
+            # Events are pub/sub: report ready only once the subscription exists. Kombu
+            # subscribes in the first drain, so probe until our own event comes back.
             with receiver.consumer_context(wakeup=False) as (conn, _, _):
-                self._ready.set()
+                prober = app.events.Dispatcher(conn, buffer_while_offline=False)
                 while not self._stop.is_set():
                     with contextlib.suppress(TimeoutError):
                         conn.drain_events(timeout=0.2)
+                    if not self._ready.is_set():
+                        prober.send(_PROBE)
 
     def tasks(self) -> list[str]:
         return [event.get("uuid", "") for event in self.events]
