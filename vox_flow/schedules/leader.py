@@ -1,51 +1,25 @@
-"""The leader lock: one replica fires; each leadership gets a larger fencing token.
+"""The schedules' leader lock: one scheduler replica fires (vox_flow/leader.py).
 
-Acquiring is one Redis script: ``SET lock NX PX ttl`` and, when it was free, ``INCR`` of the
-fence counter, the new token written into the lock's value. Every state write the leader
-makes (store.py) carries its token, and a script refuses it unless the token is still the
-latest issued — a leader that was paused past its TTL and woke up cannot write, nor enqueue.
+Every schedule-state write the leader makes (store.py) carries its fencing token, and a
+script refuses it unless the token is still the latest issued on ``FENCE_KEY`` — a leader
+that was paused past its TTL and woke up cannot write, nor enqueue.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
 
 import redis
 
+from vox_flow import leader
+
 LOCK_KEY = "vf:sched:leader"
 FENCE_KEY = "vf:sched:fence"
 
-# KEYS: lock, fence. ARGV: replica id, ttl ms. Returns the new token, or 0 when held.
-_ACQUIRE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'NX', 'PX', ARGV[2])
-return token
-"""
 
-# KEYS: lock. ARGV: value, ttl ms.
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-# KEYS: lock. ARGV: value.
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# A leader stops trusting its lock this share of the TTL early: the server's clock decides
-# when the lock lapses, and the request that renewed it took some time to arrive.
-_SAFETY = 0.1
-
-
-class LeaderLock:
-    """This replica's view of the leader lock (``token`` is set while it leads)."""
+class LeaderLock(leader.LeaderLock):
+    """This scheduler replica's view of the schedules' leader lock."""
 
     def __init__(
         self,
@@ -54,62 +28,11 @@ class LeaderLock:
         replica: str | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.client = client
-        self.ttl_ms = int(ttl_seconds * 1000)
-        # host:pid:random, so an operator (or a test) can tell which process leads.
-        self.replica = replica or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.token: int | None = None
-        self._monotonic = monotonic
-        self._valid_until = 0.0
-        self._renewed_at = 0.0
-        self._acquire = client.register_script(_ACQUIRE_LUA)
-        self._renew = client.register_script(_RENEW_LUA)
-        self._release = client.register_script(_RELEASE_LUA)
-
-    @property
-    def value(self) -> str:
-        return f"{self.replica} {self.token}"
-
-    def leading(self) -> bool:
-        """True while this replica holds the lock and its TTL has safely not run out."""
-        return self.token is not None and self._monotonic() < self._valid_until
-
-    def _trust(self, sent_at: float) -> None:
-        self._renewed_at = sent_at
-        self._valid_until = sent_at + self.ttl_ms / 1000 * (1 - _SAFETY)
-
-    def try_acquire(self) -> int | None:
-        """Take the lock if it is free; returns the new fencing token, or None."""
-        sent_at = self._monotonic()
-        token = int(self._acquire(keys=[LOCK_KEY, FENCE_KEY], args=[self.replica, self.ttl_ms]))
-        if not token:
-            return None
-        self.token = token
-        self._trust(sent_at)
-        return token
-
-    def keep(self) -> bool:
-        """Renew the lock when a fifth of its TTL has passed; False once it is lost."""
-        if self.token is None:
-            return False
-        now = self._monotonic()
-        if now - self._renewed_at < self.ttl_ms / 5000:
-            return self.leading()
-        if now < self._valid_until and self._renew(keys=[LOCK_KEY], args=[self.value, self.ttl_ms]):
-            self._trust(now)
-            return True
-        self.token = None
-        return False
-
-    def release(self) -> None:
-        """Give the lock up (on shutdown), so another replica takes over at once."""
-        if self.token is not None:
-            self._release(keys=[LOCK_KEY], args=[self.value])
-            self.token = None
-
-    def holder(self) -> str | None:
-        """The current holder's ``"replica token"``, if any replica leads."""
-        value = self.client.get(LOCK_KEY)
-        if isinstance(value, bytes):
-            return value.decode()
-        return value
+        super().__init__(
+            client,
+            ttl_seconds,
+            lock_key=LOCK_KEY,
+            fence_key=FENCE_KEY,
+            replica=replica,
+            monotonic=monotonic,
+        )
