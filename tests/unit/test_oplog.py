@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 from tests.unit.conftest_store import sqlite_store
 from vox_flow.contracts.audit import OpEvent, OpKind
 from vox_flow.control.entry import datetime_to_us
-from vox_flow.control.oplog import NODE_STATUS, TASK_STATUS, NewOp, OpLog, OpLogError, State
+from vox_flow.control.oplog import (
+    NODE_STATUS,
+    TASK_STATUS,
+    FencedOut,
+    NewOp,
+    OpLog,
+    OpLogError,
+    State,
+)
 from vox_flow.store import Store
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -124,3 +132,61 @@ def test_pruned_history_is_refused_not_invented(tmp_path: Path) -> None:
     assert len(log.state_at(T0 + timedelta(seconds=39)).tasks) == 40
     with pytest.raises(OpLogError, match="pruned"):
         log.state_at(T0 + timedelta(seconds=3))
+
+
+def _head(store: Store) -> tuple[int, int, int | None]:
+    with store.read() as conn:
+        row = conn.exec_driver_sql("SELECT seq, time_us, fence FROM op_head").one()
+    return row[0], row[1], row[2]
+
+
+def test_a_write_with_an_older_token_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    store = sqlite_store(tmp_path)
+    log = OpLog(store, snapshot_every=16)
+    batch = [NewOp(OpKind.TASK, f"t{i}", OpEvent.RECEIVED, {}, T0) for i in range(20)]
+    log.append_many(batch[:10], fence=2)
+    head = _head(store)
+    assert head[2] == 2
+    with pytest.raises(FencedOut, match="token 1 is older than 2") as refused:
+        log.append_many(batch[10:], fence=1)  # would cross a snapshot boundary, too
+    assert (refused.value.token, refused.value.latest) == (1, 2)
+    assert _head(store) == head
+    assert [op.subject for op in log.ops()] == [f"t{i}" for i in range(10)]
+    with store.read() as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM op_snapshots").scalar_one() == 0
+    # The current leader, a newer one, and a write without a token all go through.
+    log.append(OpKind.TASK, "t10", OpEvent.RECEIVED, fence=2)
+    log.append(OpKind.TASK, "t11", OpEvent.RECEIVED, fence=3)
+    log.append(OpKind.TASK, "t12", OpEvent.RECEIVED)
+    assert _head(store)[::2] == (13, 3)
+    with pytest.raises(FencedOut):
+        log.append(OpKind.TASK, "t13", OpEvent.RECEIVED, fence=2)
+    assert _head(store)[0] == 13
+
+
+def test_a_new_leader_fences_the_log_before_it_writes_anything(tmp_path: Path) -> None:
+    store = sqlite_store(tmp_path)
+    log = OpLog(store)
+    log.append(OpKind.NODE, "n1", OpEvent.JOINED, fence=4)
+    log.fence(5)  # the new leader, before it subscribes to events
+    with pytest.raises(FencedOut):
+        log.append(OpKind.NODE, "n2", OpEvent.JOINED, fence=4)  # the old one, waking up
+    with pytest.raises(FencedOut):
+        log.fence(4)
+    log.fence(5)  # claiming again is harmless
+    assert [op.subject for op in log.ops()] == ["n1"]
+    assert _head(store)[::2] == (1, 5)
+
+
+def test_latest_state_includes_ops_stamped_ahead_of_the_clock(tmp_path: Path) -> None:
+    log = OpLog(sqlite_store(tmp_path), snapshot_every=16)
+    future = datetime.now(UTC) + timedelta(hours=1)  # a worker whose clock runs ahead
+    assert log.latest_state().nodes == [] and log.latest_state().op_seq == 0
+    log.append_many([NewOp(OpKind.NODE, f"n{i}", OpEvent.JOINED, {}, future) for i in range(20)])
+    log.append(OpKind.NODE, "n3", OpEvent.LEFT, at=future)
+    log.append(OpKind.NODE, "n4", OpEvent.PAUSED, at=future)
+    assert log.state_at(datetime.now(UTC)).nodes == []
+    latest = log.latest_state()
+    assert latest.op_seq == 22 and latest.at == future
+    status = {n.node_id: n.status for n in latest.nodes}
+    assert len(status) == 20 and status["n3"] == "offline" and status["n4"] == "paused"

@@ -7,6 +7,11 @@ a snapshot in the same transaction, so :meth:`OpLog.state_at` loads the nearest 
 or before the instant and replays fewer than ``snapshot_every`` ops: its cost is bounded by
 the snapshot distance, not by the history's length.
 
+Writes may carry a leader's fencing token (vox_flow/control/service.py): ``op_head`` keeps
+the highest one written with, and a write carrying a lower token is refused under the head's
+lock, so a control-service replica deposed while paused cannot add ops once a newer leader
+has claimed the op-log (:meth:`OpLog.fence`). Writes without a token are never refused.
+
 The state holds every node and every *open* task. A task that finishes (succeeded, failed,
 rejected, revoked, dead-lettered) leaves it and is counted in ``finished``; its full story
 stays in the ops. That keeps snapshots as large as the work in flight, not the history.
@@ -52,6 +57,18 @@ NODE_STATUS: dict[OpEvent, str] = {
 
 class OpLogError(RuntimeError):
     """An op was refused, or the history asked for was pruned."""
+
+
+class FencedOut(OpLogError):
+    """A write carried a fencing token older than one a newer leader already wrote with."""
+
+    def __init__(self, token: int, latest: int) -> None:
+        super().__init__(
+            f"op-log write refused: fencing token {token} is older than {latest}, which a "
+            "newer control-service leader has written with (this replica no longer leads)"
+        )
+        self.token = token
+        self.latest = latest
 
 
 @dataclass
@@ -139,8 +156,10 @@ class NewOp:
             raise OpLogError(f"{self.event!r} is not a {self.kind} event")
 
 
-_LOCK_HEAD = "SELECT seq, time_us FROM op_head WHERE id = 1"
-_UPDATE_HEAD = "UPDATE op_head SET seq = :seq, time_us = :time_us WHERE id = 1"
+_LOCK_HEAD = "SELECT seq, time_us, fence FROM op_head WHERE id = 1"
+_UPDATE_HEAD = "UPDATE op_head SET seq = :seq, time_us = :time_us, fence = :fence WHERE id = 1"
+_UPDATE_FENCE = "UPDATE op_head SET fence = :fence WHERE id = 1"
+_HEAD = "SELECT seq, time_us FROM op_head WHERE id = 1"
 _INSERT_OP = (
     "INSERT INTO ops (seq, time_us, kind, subject, event, data) "
     "VALUES (:seq, :time_us, :kind, :subject, :event, :data)"
@@ -163,6 +182,15 @@ _FIRST_SEQ = "SELECT MIN(seq) FROM ops"
 
 def _dumps(data: Mapping[str, Any]) -> str:
     return json.dumps(dict(data), separators=(",", ":"), sort_keys=True)
+
+
+def _fenced(latest: int | None, token: int | None) -> int | None:
+    """The head's fence after a write with ``token``; raises :class:`FencedOut` if stale."""
+    if token is None:
+        return latest
+    if latest is not None and token < latest:
+        raise FencedOut(token, latest)
+    return token
 
 
 def _state_after(conn: Connection, seq: int) -> State:
@@ -198,12 +226,17 @@ class OpLog:
         data: Mapping[str, Any] | None = None,
         *,
         at: datetime | None = None,
+        fence: int | None = None,
     ) -> Op:
         """Append one op and return it as recorded (with its sequence number and time)."""
-        return self.append_many([NewOp(kind, subject, event, data or {}, at)])[0]
+        return self.append_many([NewOp(kind, subject, event, data or {}, at)], fence=fence)[0]
 
-    def append_many(self, ops: Sequence[NewOp]) -> list[Op]:
-        """Append several ops in one transaction, in the order given."""
+    def append_many(self, ops: Sequence[NewOp], *, fence: int | None = None) -> list[Op]:
+        """Append several ops in one transaction, in the order given.
+
+        ``fence``: the writing leader's fencing token. A token older than the latest one
+        written with raises :class:`FencedOut` and writes nothing.
+        """
         for new in ops:
             new.check()
         if not ops:
@@ -212,7 +245,9 @@ class OpLog:
         with self.store.write() as conn:
             cursor = raw_cursor(conn)
             cursor.execute(driver_sql(conn, _LOCK_HEAD, lock=True))
-            seq, last_us = cursor.fetchone()
+            seq, last_us, latest = cursor.fetchone()
+            # Checked under the head's lock: no newer leader can claim the log until commit.
+            latest = _fenced(latest, fence)
             # Only a batch that crosses a snapshot boundary needs the state at its start.
             state = _state_after(conn, seq) if (seq + len(ops)) // every > seq // every else None
             rows: list[dict[str, Any]] = []
@@ -242,8 +277,28 @@ class OpLog:
             cursor.executemany(driver_sql(conn, _INSERT_OP), rows)
             if snapshots:
                 cursor.executemany(driver_sql(conn, _INSERT_SNAPSHOT), snapshots)
-            cursor.execute(driver_sql(conn, _UPDATE_HEAD), {"seq": seq, "time_us": last_us})
+            cursor.execute(
+                driver_sql(conn, _UPDATE_HEAD), {"seq": seq, "time_us": last_us, "fence": latest}
+            )
         return [_op_from_row(r) for r in rows]
+
+    def fence(self, token: int) -> None:
+        """Claim the op-log for the leader holding ``token``: from this commit on, writes
+        with an older token are refused. Raises :class:`FencedOut` if a newer one claimed it.
+        """
+        with self.store.write() as conn:
+            cursor = raw_cursor(conn)
+            cursor.execute(driver_sql(conn, _LOCK_HEAD, lock=True))
+            _, _, latest = cursor.fetchone()
+            cursor.execute(driver_sql(conn, _UPDATE_FENCE), {"fence": _fenced(latest, token)})
+
+    def latest_state(self) -> StateAt:
+        """Tasks and nodes after the latest op, stamped with its time (whatever the clock)."""
+        with self.store.read() as conn:
+            cursor = raw_cursor(conn)
+            cursor.execute(driver_sql(conn, _HEAD))
+            seq, time_us = cursor.fetchone()
+            return _state_after(conn, seq).at(us_to_datetime(time_us), seq)
 
     def ops(self, since_seq: int = 1, until_seq: int | None = None) -> Iterator[Op]:
         """Ops from ``since_seq`` (to ``until_seq``), in order."""

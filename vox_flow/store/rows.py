@@ -109,13 +109,15 @@ class OpRow(Base):
 
 
 class OpHeadRow(Base):
-    """The single row op appends lock: last sequence number and time (kept non-decreasing)."""
+    """The single row op appends lock: last sequence number and time (kept non-decreasing),
+    and the highest fencing token a control-service leader wrote with (None: none yet)."""
 
     __tablename__ = "op_head"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     time_us: Mapped[int] = mapped_column(BigInteger)
+    fence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class OpSnapshotRow(Base):
