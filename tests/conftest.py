@@ -7,6 +7,7 @@ so the app in this process and every worker subprocess talk to it (never to a sh
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,10 @@ _server: RedisServer | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _server
+    # The app reads its broker URL when imported: imported before this point (by a conftest
+    # or helper module at its top), it would talk to the machine's shared Redis.
+    if "vox_flow.app" in sys.modules:
+        raise pytest.UsageError("vox_flow.app was imported before the test broker was set")
     if _server is None:
         _server = RedisServer(Path(tempfile.mkdtemp(prefix="vf-redis-")), appendfsync="always")
         _server.start()

@@ -5,7 +5,9 @@ naming the field, and nothing is enqueued (for a batch: no item is). Messages ar
 Celery and kombu exactly as ``apply_async`` builds them (so any Celery worker reads them), but
 they are written by one Redis script per message, which also records the idempotency key in
 the same atomic step — a submit that returned is enqueued, and a key is never remembered for
-a message that was not.
+a message that was not. With ``task_send_sent_event`` on (vox_flow's default, as for
+``apply_async``) the same step publishes the run's ``task-sent`` event, built by Celery's own
+event dispatcher: Flower and the op-log see it submitted, and no extra round trip is paid.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ Out = TypeVar("Out", bound=BaseModel)
 _SUBMIT_PREFIX = "vf:idem:submit:"
 _ARGSREPR_MAX = 1024
 
-# KEYS: queue, submit key ('' when the run has none). ARGV: message, "task id trace id", ttl.
+# KEYS: queue, submit key ('' when the run has none). ARGV: message, "task id trace id", ttl,
+# event channel ('' for no event), event message.
 # Returns '' when enqueued, else the earlier "task id trace id" remembered under the key.
 _ENQUEUE_LUA = """
 if KEYS[2] ~= '' then
@@ -47,6 +50,7 @@ if KEYS[2] ~= '' then
   end
 end
 redis.call('LPUSH', KEYS[1], ARGV[1])
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return ''
 """
 
@@ -99,16 +103,48 @@ class _Commands:
         self.commands.append((name, args))
 
 
+class _CapturingProducer:
+    """What Celery's EventDispatcher publishes through: the broker command is kept, not sent."""
+
+    def __init__(self, channel: Any, commands: _Commands) -> None:
+        self.channel, self.commands = channel, commands
+
+    def publish(
+        self,
+        body: Any,
+        routing_key: str,
+        exchange: str,
+        serializer: str | None = None,
+        headers: dict[str, Any] | None = None,
+        delivery_mode: int | None = None,
+        **_: Any,
+    ) -> None:
+        content_type, content_encoding, data = dumps(body, serializer=serializer or "json")
+        message = self.channel.prepare_message(
+            data, None, content_type, content_encoding, headers, {"delivery_mode": delivery_mode}
+        )
+        self.channel.basic_publish(
+            message, exchange=exchange, routing_key=routing_key, _publish_batch=self.commands
+        )
+
+
 _local = threading.local()
 
 
 def _channel(app: VoxFlow) -> Any:
     """A kombu channel of this process and thread, used only to build messages."""
-    channel = getattr(_local, "channel", None)
+    channel: Any = getattr(_local, "channel", None)
     if channel is None or _local.pid != os.getpid() or _local.app is not app:
         channel = app.connection_for_write().default_channel
-        _local.channel, _local.pid, _local.app = channel, os.getpid(), app
+        events = app.events.Dispatcher(channel=channel, buffer_while_offline=False)
+        # The event exchange's type (fanout on Redis) decides how kombu publishes to it.
+        exchange = events.exchange
+        channel.exchange_declare(exchange=exchange.name, type=exchange.type)
+        _local.channel, _local.pid, _local.app, _local.events = channel, os.getpid(), app, events
     return channel
+
+
+Built = tuple[str, bytes, tuple[str, bytes] | None]  # queue, message, (event channel, event)
 
 
 def _message(
@@ -120,8 +156,9 @@ def _message(
     eta: datetime | None,
     priority: int | None,
     batch: bool = False,
-) -> tuple[str, bytes]:
-    """(queue key, raw message) for one run, built the way ``apply_async`` builds it.
+) -> Built:
+    """(queue key, raw message, its task-sent event if the app sends them) for one run,
+    built the way ``apply_async`` builds them.
 
     A single message gets its own publish span from opentelemetry-instrumentation-celery
     (through Celery's publish signals); the messages of a batch carry the batch's span,
@@ -129,7 +166,8 @@ def _message(
     """
     app = typed.app
     args = payload.model_dump(mode="json")
-    task_headers, properties, body, _ = app.amqp.create_task_message(
+    send_event = bool(app.conf.task_send_sent_event)
+    task_headers, properties, body, sent_event = app.amqp.create_task_message(
         task_id,
         typed.name,
         (args,),
@@ -141,6 +179,7 @@ def _message(
         # What Flower shows as args; pydantic's JSON is cheaper than Celery's saferepr.
         argsrepr=payload.model_dump_json()[:_ARGSREPR_MAX],
         kwargsrepr="{}",
+        create_sent_event=send_event,
     )
     task_headers.update(headers)
     if batch:
@@ -175,7 +214,15 @@ def _message(
     (name, (queue, raw)), *rest = commands.commands
     if name != "lpush" or rest:
         raise RuntimeError(f"unexpected broker commands for one publish: {commands.commands}")
-    return queue, raw
+    if not send_event:
+        return queue, raw, None
+    sent_event.update(queue=typed.queue, exchange="", routing_key=typed.queue)
+    events = _CapturingProducer(channel, _Commands())
+    _local.events.publish("task-sent", sent_event, events)
+    (name, (topic, event)), *rest = events.commands.commands
+    if name != "publish" or rest:
+        raise RuntimeError(f"unexpected broker commands for one event: {events.commands.commands}")
+    return queue, raw, (topic, event)
 
 
 def _wait_durable(app: VoxFlow) -> None:
@@ -206,7 +253,7 @@ def publish(
     with tracer.start_as_current_span(f"vox_flow.submit {typed.name}"):
         trace_id = current_trace_id()
         headers = {HEADER_KEY: effect_key} if effect_key else {}
-        queue, raw = _message(typed, payload, task_id, headers, countdown, eta, priority)
+        queue, raw, event = _message(typed, payload, task_id, headers, countdown, eta, priority)
         earlier = app.redis.eval(
             _ENQUEUE_LUA,
             2,
@@ -215,6 +262,7 @@ def publish(
             raw,
             f"{task_id} {trace_id or ''}",
             app.settings.idempotency_ttl_seconds,
+            *(event or ("", "")),
         )
     if earlier:
         first_id, _, first_trace = earlier.decode().partition(" ")
@@ -293,14 +341,17 @@ def submit_many(
         with client.pipeline(transaction=True) as pipe:
             if not any(keys):
                 # One LPUSH of the whole batch, in order (workers pop from the other end).
-                pipe.lpush(messages[0][0], *(raw for _, raw in messages))
+                pipe.lpush(messages[0][0], *(raw for _, raw, _ in messages))
+                for _, _, event in messages:
+                    if event is not None:
+                        pipe.publish(*event)
                 pipe.execute()
                 replies: list[Any] = [b""] * len(models)
             else:
-                for (queue, raw), key, task_id in zip(messages, keys, ids, strict=True):
+                for (queue, raw, event), key, task_id in zip(messages, keys, ids, strict=True):
                     script(
                         keys=[queue, _SUBMIT_PREFIX + key if key else ""],
-                        args=[raw, f"{task_id} {trace_id or ''}", ttl],
+                        args=[raw, f"{task_id} {trace_id or ''}", ttl, *(event or ("", ""))],
                         client=pipe,
                     )
                 replies = pipe.execute()

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
-from typing import Any
 
 import pytest
 
 from tests.integration import tasks
 from tests.integration.conftest import StartWorker
-from tests.integration.workers import celery_worker_args, vox_flow_worker_args
+from tests.integration.workers import EventLog, celery_worker_args, vox_flow_worker_args
 from vox_flow.app import app
 from vox_flow.deadletter import DeadLetterStore
 from vox_flow.errors import TaskFailed
@@ -27,41 +24,6 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
 
 
 LAYOUTS = ["celery-prefork", "vox-flow-worker"]
-_PROBE = "test-eventlog-probe"
-
-
-class EventLog:
-    """Celery events of some types, collected by a receiver thread (as Flower gets them)."""
-
-    def __init__(self, types: tuple[str, ...]) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(types,), daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
-
-    def _run(self, types: tuple[str, ...]) -> None:
-        handlers: dict[str, Any] = {t: self.events.append for t in types}
-        handlers[_PROBE] = lambda event: self._ready.set()
-        with app.connection_for_read() as connection:
-            receiver = app.events.Receiver(connection, handlers=handlers)
-            # Events are pub/sub: report ready only once the subscription exists. Kombu
-            # subscribes in the first drain, so probe until our own event comes back.
-            with receiver.consumer_context(wakeup=False) as (conn, _, _):
-                prober = app.events.Dispatcher(conn, buffer_while_offline=False)
-                while not self._stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        conn.drain_events(timeout=0.2)
-                    if not self._ready.is_set():
-                        prober.send(_PROBE)
-
-    def tasks(self) -> list[str]:
-        return [event.get("uuid", "") for event in self.events]
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 def start_layout(start_worker: StartWorker, layout: str, processes: int) -> None:

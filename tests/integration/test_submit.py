@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 import redis
 from celery.result import AsyncResult
 
 from tests.integration import tasks
 from tests.integration.conftest import StartWorker
-from tests.integration.workers import recorded_attempts
+from tests.integration.test_recovery import wait_for
+from tests.integration.workers import EventLog, recorded_attempts
 from vox_flow.app import app
 from vox_flow.errors import PayloadError
 from vox_flow.execution import decode_result
@@ -82,3 +86,28 @@ def test_same_idempotency_key_returns_the_first_handle(redis_url: str) -> None:
     )
     assert batch[0].id == first.id
     assert queue_length(tasks.echo.queue) == 2
+
+
+def test_every_enqueued_run_sends_one_task_sent_event(redis_url: str) -> None:
+    """Flower and the op-log see a run from its submit, as with ``apply_async`` — and a
+    submit deduplicated by its key sends nothing, since nothing was enqueued."""
+    sent = EventLog(("task-sent",))
+    try:
+        one = submit(tasks.echo, {"id": "a", "value": 1}, idempotency_key="k-a")
+        again = submit(tasks.echo, {"id": "a", "value": 1}, idempotency_key="k-a")
+        batch = submit_many(tasks.echo, [{"id": str(i), "value": i} for i in range(3)])
+        keyed = submit_many(
+            tasks.echo,
+            [{"id": "a", "value": 1}, {"id": "b", "value": 2}],
+            idempotency_keys=["k-a", "k-b"],
+        )
+        assert again.id == one.id and keyed[0].id == one.id
+        expected = [one.id, *(h.id for h in batch), keyed[1].id]
+        wait_for(lambda: len(sent.events) >= len(expected), 10, "the task-sent events")
+        time.sleep(0.2)  # a duplicate event would arrive right behind the others
+    finally:
+        sent.stop()
+    assert sorted(sent.tasks()) == sorted(expected)
+    first = next(e for e in sent.events if e["uuid"] == one.id)
+    assert first["name"] == tasks.echo.name and first["queue"] == tasks.echo.queue
+    assert json.loads(first["args"]) == {"id": "a", "value": 1}

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from vox_flow.contracts.task import Attempt
 from vox_flow.submit import TaskHandle
 
 ROOT = Path(__file__).resolve().parents[2]
+_PROBE = "test-eventlog-probe"
 
 
 def recorded_attempts(handle: TaskHandle[Any], count: int, within: float = 2.0) -> list[Attempt]:
@@ -112,3 +114,40 @@ def celery_worker_args(name: str, pool: str = "solo", concurrency: int = 1) -> l
 def vox_flow_worker_args(processes: int = 2) -> list[str]:
     """``vox-flow worker``: the supervised per-core layout."""
     return [sys.executable, "-m", "vox_flow.cli", "worker", "-p", str(processes), "-l", "info"]
+
+
+class EventLog:
+    """Celery events of some types, collected by a receiver thread (as Flower gets them)."""
+
+    def __init__(self, types: tuple[str, ...]) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(types,), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    def _run(self, types: tuple[str, ...]) -> None:
+        # Imported here: conftest imports this module before the session's broker is set.
+        from vox_flow.app import app
+
+        handlers: dict[str, Any] = {t: self.events.append for t in types}
+        handlers[_PROBE] = lambda event: self._ready.set()
+        with app.connection_for_read() as connection:
+            receiver = app.events.Receiver(connection, handlers=handlers)
+            # Events are pub/sub: report ready only once the subscription exists. Kombu
+            # subscribes in the first drain, so probe until our own event comes back.
+            with receiver.consumer_context(wakeup=False) as (conn, _, _):
+                prober = app.events.Dispatcher(conn, buffer_while_offline=False)
+                while not self._stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        conn.drain_events(timeout=0.2)
+                    if not self._ready.is_set():
+                        prober.send(_PROBE)
+
+    def tasks(self) -> list[str]:
+        return [event.get("uuid", "") for event in self.events]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
