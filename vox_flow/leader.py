@@ -37,6 +37,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: fence. ARGV: floor. Never lowers the counter.
+_RAISE_FENCE_LUA = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('GET', KEYS[1])
+"""
+
 # A leader stops trusting its lock this share of the TTL early: the server's clock decides
 # when the lock lapses, and the request that renewed it took some time to arrive.
 _SAFETY = 0.1
@@ -68,6 +76,7 @@ class LeaderLock:
         self._acquire = client.register_script(_ACQUIRE_LUA)
         self._renew = client.register_script(_RENEW_LUA)
         self._release = client.register_script(_RELEASE_LUA)
+        self._raise_fence = client.register_script(_RAISE_FENCE_LUA)
 
     @property
     def value(self) -> str:
@@ -113,6 +122,11 @@ class LeaderLock:
         if self.token is not None:
             self._release(keys=[self.lock_key], args=[self.value])
             self.token = None
+
+    def raise_fence(self, floor: int) -> None:
+        """Make every later token larger than ``floor``, a token the fenced place has seen:
+        after Redis lost the counter (a fresh server), new leaders would be refused forever."""
+        self._raise_fence(keys=[self.fence_key], args=[floor])
 
     def holder(self) -> str | None:
         """The current holder's ``"replica token"``, if any replica leads."""
