@@ -1,18 +1,21 @@
 """Feed the op-log from Celery's own event stream (``app.events.Receiver``).
 
 Workers must send task events (``celery worker -E`` or ``worker_send_task_events``).
-``submitted`` ops come only from ``task-sent`` events, which Celery's ``apply_async`` sends
-with ``task_send_sent_event``; vox_flow's ``submit`` writes its messages with one Redis
-script and sends none, so the first op of a submitted task is ``received`` (a task still
-waiting in its queue is not in the op-log yet). A ``task-failed`` whose exception is
-vox_flow's ``DeadLettered`` is a ``dead_lettered`` op. Events are buffered briefly and
-appended in small batches, so a busy broker costs one transaction per batch, not per event.
+``submitted`` ops come from ``task-sent`` events: Celery's ``apply_async`` sends them with
+``task_send_sent_event``, and vox_flow's ``submit`` publishes one from its enqueue script.
+A ``task-failed`` whose exception is vox_flow's ``DeadLettered`` is a ``dead_lettered`` op.
+Events are buffered briefly and appended in small batches, so a busy broker costs one
+transaction per batch, not per event.
 
 On Redis, Celery's events are pub/sub: an event published while nobody is subscribed is lost.
 So one subscription is kept for the life of :func:`ingest`, idle or not (Celery's
 ``Receiver.capture`` renews it after each idle second, and events sent in that gap are lost).
 What is still lost: events sent before the subscription is live (``ready``), and those sent
 while a lost broker connection is being re-established by the caller.
+
+Run by a control-service leader (service.py), every write carries its fencing token and the
+loop asks, at each periodic flush, whether it still leads; a mapper seeded from the op-log
+(:meth:`EventMapper.resuming`) does not join again the nodes an earlier leader joined.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
 
-from vox_flow.contracts.audit import OpEvent, OpKind
-from vox_flow.control.oplog import NewOp, OpLog
+from vox_flow.contracts.audit import OpEvent, OpKind, StateAt
+from vox_flow.control.oplog import NODE_STATUS, FencedOut, NewOp, OpLog
 
 TASK_EVENTS: dict[str, OpEvent] = {
     "task-sent": OpEvent.SUBMITTED,
@@ -51,6 +54,9 @@ PROBE_EVENT = "vox_flow-ingest-probe"
 # A node silent this long has left, even if it never said so (killed, machine lost). Celery
 # workers send a heartbeat every 2 s; the mesh's rule is "offline after 60 s".
 OFFLINE_AFTER_SECONDS = 60.0
+NODE_OFFLINE = NODE_STATUS[OpEvent.LEFT]
+# How long an op waits in the buffer at most, and how often a leader's lock is looked at.
+FLUSH_SECONDS = 0.2
 
 
 class EventMapper:
@@ -60,6 +66,20 @@ class EventMapper:
         self.online: set[str] = set()
         self.offline_after = offline_after
         self.last_heard: dict[str, float] = {}
+
+    @classmethod
+    def resuming(
+        cls, state: StateAt, heard_at: float, offline_after: float = OFFLINE_AFTER_SECONDS
+    ) -> EventMapper:
+        """A mapper that knows every node ``state`` does not show offline, as heard from at
+        ``heard_at`` (Unix time): it joins none of them again, and leaves one that stays
+        silent for ``offline_after`` from then."""
+        mapper = cls(offline_after)
+        for node in state.nodes:
+            if node.status != NODE_OFFLINE:
+                mapper.online.add(node.node_id)
+                mapper.last_heard[node.node_id] = heard_at
+        return mapper
 
     def silent(self, now: float) -> list[NewOp]:
         """A ``left`` op for every online node not heard from for ``offline_after`` seconds."""
@@ -109,10 +129,12 @@ def ingest(
     oplog: OpLog,
     *,
     stop: threading.Event,
-    flush_every: float = 0.2,
+    flush_every: float = FLUSH_SECONDS,
     batch: int = 500,
     mapper: EventMapper | None = None,
     ready: threading.Event | None = None,
+    fence: int | None = None,
+    leading: Callable[[], bool] | None = None,
 ) -> int:
     """Append an op for every relevant event on ``app``'s broker until ``stop`` is set.
 
@@ -123,6 +145,11 @@ def ingest(
     one of the connection's ``connection_errors`` or kombu's ``OperationalError``; pass the
     same ``mapper`` to the call that resumes, so nodes already known online are not joined
     again.
+
+    ``fence``: the caller's fencing token, carried by every write; when a newer leader has
+    claimed the op-log, the write raises :class:`FencedOut` and the buffered ops are dropped
+    (the newer leader records those sent once it listens). ``leading`` is called at every
+    periodic flush: once it returns False, the loop writes what it buffered and returns.
     """
     mapper = mapper or EventMapper()
     buffer: list[NewOp] = []
@@ -133,7 +160,11 @@ def ingest(
     def flush() -> None:
         nonlocal written
         if buffer:
-            oplog.append_many(buffer)
+            try:
+                oplog.append_many(buffer, fence=fence)
+            except FencedOut:
+                buffer.clear()  # not ours to write any more, nor to retry on the way out
+                raise
             written += len(buffer)
             buffer.clear()
 
@@ -175,6 +206,8 @@ def ingest(
                 prober.send(PROBE_EVENT, nonce=nonce)
                 probed = now
             if now >= due:
+                if leading is not None and not leading():
+                    break
                 buffer.extend(mapper.silent(time.time()))
                 flush()
                 due = now + flush_every
