@@ -131,6 +131,13 @@ class Settings(BaseSettings):
         gt=0,
         description="`vox-flow control` signs a checkpoint this often when the audit log grew.",
     )
+    control_leader_ttl_seconds: float = Field(
+        default=10.0,
+        gt=0.5,
+        description="Leader lock TTL of `vox-flow control` replicas: one ingests and signs "
+        "checkpoints; a standby takes over within this (plus a tenth of it) of the "
+        "leader's death, at once when it stops cleanly.",
+    )
     store_sqlite_synchronous: Literal["before_output", "full", "normal"] = Field(
         default="before_output",
         description="SQLite store durability. `before_output` fsyncs a commit before "
