@@ -140,11 +140,11 @@ def test_control_service_records_ops_resumes_outbox_and_checkpoints(
         recorded = ops()
         for task_id in ids:
             assert [op.event for op in recorded if op.subject == task_id] == [
-                OpEvent.RECEIVED, OpEvent.STARTED, OpEvent.SUCCEEDED,
+                OpEvent.SUBMITTED, OpEvent.RECEIVED, OpEvent.STARTED, OpEvent.SUCCEEDED,
             ]  # fmt: skip
         failed = [op for op in recorded if op.subject == broken.id]
         assert [op.event for op in failed] == [
-            OpEvent.RECEIVED, OpEvent.STARTED, OpEvent.DEAD_LETTERED,
+            OpEvent.SUBMITTED, OpEvent.RECEIVED, OpEvent.STARTED, OpEvent.DEAD_LETTERED,
         ]  # fmt: skip
         assert failed[-1].data["exception"].startswith("DeadLettered(")
         assert failed[0].data["name"] == tasks.broken.name
