@@ -1,6 +1,7 @@
-"""Control-service replicas as real processes with a real worker: one leads, every task's ops
-are recorded once; a SIGKILLed leader is replaced once its lock runs out, a SIGTERMed one at
-once, and what runs after a takeover is recorded once too."""
+"""Control-service replicas with a real worker: one leads, every task's ops are recorded once;
+a SIGKILLed leader is replaced once its lock runs out, a SIGTERMed one at once, and what runs
+after a takeover is recorded once too. A leader stalled past its TTL writes nothing when it
+wakes; one that never notices its lock is gone is stopped by the store's fence."""
 
 from __future__ import annotations
 
@@ -185,7 +186,6 @@ def test_replicas_record_every_op_once_across_a_kill_and_a_handover(
     client = redis.Redis.from_url(redis_url)
     store = open_store(Settings(broker_url=redis_url, data_dir=data_dir))  # migrated here
     oplog = OpLog(store)
-
     try:
         worker = start_worker("w1")
         first, second = replicas.start(), replicas.start()
@@ -246,7 +246,7 @@ def test_replicas_record_every_op_once_across_a_kill_and_a_handover(
         client.close()
 
 
-def test_a_leader_paused_past_its_ttl_is_refused_by_the_store_and_stands_by(
+def test_a_leader_paused_past_its_ttl_writes_nothing_when_it_wakes_and_stands_by(
     redis_url: str, data_dir: Path, start_worker: StartWorker, replicas: Replicas
 ) -> None:
     client = redis.Redis.from_url(redis_url)
