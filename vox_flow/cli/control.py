@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
     """Add the `control` sub-command."""
     parser: argparse.ArgumentParser = sub.add_parser(
         "control",
-        help="run the control service: op-log from Celery events, audit outbox, checkpoints",
+        help="run the control service (one replica leads, others stand by): op-log from "
+        "Celery events, audit outbox, checkpoints",
         description="Open the control store, finish audited effects a crash left pending, then "
         "record every task and node state change in the op-log and sign a checkpoint of the "
         "audit log every VOX_FLOW_CONTROL_CHECKPOINT_SECONDS, until SIGTERM or SIGINT.",
