@@ -47,9 +47,9 @@ def flaky(self: object, attempt: int = 0) -> str:
     return "ok"
 
 
-def test_worker_events_become_ops(
-    redis_url: str, tmp_path: Path, start_worker: StartWorker
-) -> None:
+def _ingesting(redis_url: str, tmp_path: Path) -> tuple[OpLog, threading.Event, threading.Thread]:
+    """An ingester thread feeding a fresh SQLite op-log, once its subscription is live
+    (set ``stop`` and join the thread to end it)."""
     app.conf.broker_url = redis_url
     oplog = OpLog(sqlite_store(tmp_path))
     stop, ready = threading.Event(), threading.Event()
@@ -57,8 +57,18 @@ def test_worker_events_become_ops(
         target=ingest, args=(app, oplog), kwargs={"stop": stop, "ready": ready}
     )
     thread.start()
+    if not ready.wait(10):
+        stop.set()
+        thread.join(30)
+        raise AssertionError("the ingester never subscribed")
+    return oplog, stop, thread
+
+
+def test_worker_events_become_ops(
+    redis_url: str, tmp_path: Path, start_worker: StartWorker
+) -> None:
+    oplog, stop, thread = _ingesting(redis_url, tmp_path)
     try:
-        assert ready.wait(10), "the ingester never subscribed"
         args = [sys.executable, "-m", "celery", "-A", "tests.integration.test_oplog_ingest:app",
                 "worker", "-E", "-P", "solo", "-c", "1", "-n", "w1@%h", "-Q", "vf-ingest",
                 "-l", "info", "--without-mingle", "--without-gossip"]  # fmt: skip
@@ -106,20 +116,13 @@ def test_no_event_is_lost_across_idle_periods(redis_url: str, tmp_path: Path) ->
     here waits 1.5 s, or is sent the moment the broker's count of pattern subscriptions (the
     ingester's, here) drops.
     """
-    app.conf.broker_url = redis_url
-    oplog = OpLog(sqlite_store(tmp_path))
-    stop, ready = threading.Event(), threading.Event()
-    thread = threading.Thread(
-        target=ingest, args=(app, oplog), kwargs={"stop": stop, "ready": ready}
-    )
-    thread.start()
+    oplog, stop, thread = _ingesting(redis_url, tmp_path)
     client = redis.Redis.from_url(redis_url)
     task = {"name": "ingest.add"}
     sends = [("worker-online", {}), ("task-received", {"uuid": "t1", **task}),
              ("task-received", {"uuid": "t2", **task}), ("worker-offline", {})]  # fmt: skip
     drops = 0
     try:
-        assert ready.wait(10), "the ingester never subscribed"
         subscribed = client.pubsub_numpat()
         assert subscribed >= 1
         with app.events.default_dispatcher(hostname="w9@idle") as dispatcher:
