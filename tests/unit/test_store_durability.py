@@ -2,13 +2,12 @@
 
 What a power cut takes cannot be tested without cutting power; what decides it can: the
 ``PRAGMA synchronous`` level in force when each COMMIT runs (FULL syncs the WAL up to that
-commit), and whether a sync barrier has moved the commits into the database file.
+commit), and when the log is read out, an fsync of the WAL while the read's snapshot is open.
 """
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from vox_flow.control.actions import perform
 from vox_flow.control.audit import AuditLog
 from vox_flow.control.keys import Signer
 from vox_flow.store import Store
+from vox_flow.store import engine as engine_module
 
 SIGNER = Signer.generate("durability")
 OUT = "test.outside"
@@ -73,26 +73,61 @@ def test_commit_level_follows_what_leaves_the_store(
     store.dispose()
 
 
-def _entries_in_database_file(tmp_path: Path) -> int:
-    """Entries in control.db itself, ignoring its WAL (what a checkpoint has moved there)."""
-    copy = tmp_path / "copy"
-    copy.mkdir(exist_ok=True)
-    shutil.copy(tmp_path / "control.db", copy / "control.db")
-    with sqlite3.connect(copy / "control.db") as conn:
-        return int(conn.execute("SELECT count(*) FROM audit_entries").fetchone()[0])
+def _wal_syncs(monkeypatch: pytest.MonkeyPatch, store: Store) -> list[int]:
+    """Record each fsync of the store's WAL file, as the number of connections checked out
+    of the pool at that moment (a reader's snapshot is one of them)."""
+    seen: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("control.db-wal"):
+            seen.append(store.engine.pool.checkedout())  # type: ignore[attr-defined]
+        real(fd)
+
+    monkeypatch.setattr(engine_module.os, "fsync", fsync)
+    return seen
 
 
-def test_reading_the_log_out_syncs_it_first(tmp_path: Path) -> None:
+def test_reading_the_log_out_syncs_what_the_snapshot_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store, _ = _store(tmp_path, "before_output")
-    store.sync()  # the schema and the key, so the copy below can be read
-    assert _entries_in_database_file(tmp_path) == 0
-    for _ in range(5):
-        _act(store, NOTE)
-    assert _entries_in_database_file(tmp_path) == 0  # all five only in the WAL
-    head = AuditLog(store).head()
-    assert head.size == 5
-    assert _entries_in_database_file(tmp_path) == 5
+    syncs = _wal_syncs(monkeypatch, store)
+    _act(store, NOTE)
+    assert syncs == []  # an in-store action's commit does not wait for the disk
+    log = AuditLog(store)
+    assert log.head().size == 1
+    assert [e.seq for e in log.entries()] == [1]
+    log.checkpoints()
+    # Each synced while its read snapshot was open: anything it shows was committed
+    # before, so it is in the WAL the fsync covers.
+    assert syncs == [1, 1, 1]
     store.dispose()
+
+
+def test_sync_holds_while_a_reader_pins_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wal_checkpoint would copy (and sync) nothing here; the fsync of the WAL still does."""
+    store, _ = _store(tmp_path, "before_output")
+    syncs = _wal_syncs(monkeypatch, store)
+    with store.read() as pinned:
+        pinned.exec_driver_sql("SELECT count(*) FROM audit_entries").one()
+        for _ in range(3):
+            _act(store, NOTE)
+        assert AuditLog(store).head().size == 3
+    assert len(syncs) == 1
+    store.dispose()
+
+
+def test_other_modes_never_sync_on_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for mode in ("full", "normal"):
+        store, _ = _store(tmp_path / mode, mode)
+        syncs = _wal_syncs(monkeypatch, store)
+        _act(store, NOTE)
+        AuditLog(store).head()
+        assert syncs == [], mode
+        store.dispose()
 
 
 def test_unknown_mode_is_refused(tmp_path: Path) -> None:

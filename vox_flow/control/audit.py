@@ -310,9 +310,10 @@ def read_head(conn: Connection) -> Any:
 class AuditLog:
     """Read access to the audit log, its keys, checkpoints and proofs.
 
-    What it hands out (head, entries, checkpoints, proofs) is synced to disk first
-    (:meth:`Store.sync`): a reader may keep it elsewhere, and a power cut must not then
-    take back entries it has seen (they would look cut off, i.e. tampered with).
+    What it hands out (head, entries, checkpoints, proofs) is synced to disk before it is
+    returned (:meth:`Store.sync`, once the read snapshot is open, so nothing the snapshot
+    shows escapes it): a reader may keep it elsewhere, and a power cut must not then take
+    back entries it has seen (they would look cut off, i.e. tampered with).
     """
 
     def __init__(self, store: Store) -> None:
@@ -320,16 +321,17 @@ class AuditLog:
 
     def head(self) -> Head:
         """The current size, head hash and Merkle root."""
-        self.store.sync()
         with self.store.read() as conn:
             row = conn.execute(select(AuditHeadRow.__table__).where(AuditHeadRow.id == 1)).one()
+            self.store.sync()
         root = merkle.CompactRange.from_bytes(row.size, row.frontier).root().hex()
         return Head(row.size, row.head_hash, root, row.base_size, row.base_hash)
 
     def entries(self, since_seq: int = 1, until_seq: int | None = None) -> Iterator[AuditEntry]:
         """Entries from ``since_seq`` on (up to ``until_seq``), in order, streamed."""
-        self.store.sync()
         with self.store.read() as conn:
+            conn.execute(select(AuditHeadRow.size)).scalar_one()  # the snapshot starts here
+            self.store.sync()
             yield from read_entries(conn, since_seq, until_seq)
 
     def first_seq_since(self, time_us: int) -> int:
@@ -374,9 +376,10 @@ class AuditLog:
 
     def checkpoints(self) -> list[Checkpoint]:
         """Every stored checkpoint, oldest first."""
-        self.store.sync()
         with self.store.read() as conn:
-            return read_checkpoints(conn)
+            checkpoints = read_checkpoints(conn)
+            self.store.sync()
+            return checkpoints
 
     def checkpoint(self, signer: Signer) -> Checkpoint:
         """Sign and store a checkpoint of the current tree head (on demand)."""
@@ -388,9 +391,9 @@ class AuditLog:
         return checkpoint_from_row(_Row(row))
 
     def _leaves(self, size: int) -> list[bytes]:
-        self.store.sync()
         with self.store.read() as conn:
             base = conn.execute(select(AuditHeadRow.base_size)).scalar_one()
+            self.store.sync()  # after the snapshot opened: it covers what the proof uses
             if base:
                 raise AuditError("proofs need every entry; entries were removed by retention")
             hashes = conn.execute(

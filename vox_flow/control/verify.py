@@ -369,11 +369,11 @@ def verify_store(
     """Verify the whole log in ``store`` against its own checkpoints and ``checkpoints``.
 
     Reads one consistent snapshot, so appends running meanwhile do not disturb it. Syncs
-    the store first: the report's head hash may be kept elsewhere.
+    what the snapshot shows: the report's head hash may be kept elsewhere.
     """
-    store.sync()
     with store.read() as conn:
         head = read_head(conn)
+        store.sync()
         return _verify_records(
             _store_records(conn, head.base_size + 1),
             read_keys(conn),
