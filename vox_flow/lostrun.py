@@ -94,12 +94,14 @@ def settle(
     node: str = "",
     started_at: datetime | None = None,
     trace_id: str | None = None,
+    count_takeback: bool = True,
 ) -> Outcome:
     """Take a reserved message back: requeue it, or dead-letter it once it is used up.
 
     ``lost`` says the run was seen to die (it counts as an attempt, up to the task's
     ``max_attempts``); otherwise the message lost its lease (it counts a take-back, up to
-    ``lease_takeback_limit``).
+    ``lease_takeback_limit``), unless ``count_takeback`` is off: a message a dead child
+    only held, given back by a supervisor that knows which run killed the child.
     """
     client = app.redis
     raw = client.hget(UNACKED, delivery_tag)
@@ -114,18 +116,20 @@ def settle(
     typed = app.typed.get(name)
     ended = datetime.now(UTC)
     attempt_json = letter_json = requeue_json = ""
-    takebacks = int(headers.get(HEADER_TAKEBACKS, 0)) + (0 if lost else 1)
+    taken_back = not lost and count_takeback
+    takebacks = int(headers.get(HEADER_TAKEBACKS, 0)) + taken_back
     # Plain Celery tasks keep Celery's requeue-on-loss (no dead letters of theirs).
-    if not lost and typed is not None and takebacks >= app.settings.lease_takeback_limit:
+    if taken_back and typed is not None and takebacks >= app.settings.lease_takeback_limit:
         error_type = "LeaseExpired"
         error_message = (
             f"taken back {takebacks} times from workers that stopped renewing its lease "
             "while holding it: does it take its whole worker or host down?"
         )
+        trace_id = _trace_id(headers)
         letter_json = _letter(
-            app, message, task_id, routing_key, error_type, error_message, [], ended
+            app, message, task_id, routing_key, error_type, error_message, [], ended, trace_id
         )
-    elif not lost:
+    elif taken_back:
         headers[HEADER_TAKEBACKS] = takebacks
     if lost:
         attempt = Attempt(
@@ -180,12 +184,21 @@ def settle(
         from vox_flow.errors import DeadLettered
 
         exc = DeadLettered(task_id, error_type, error_message)
-        app.backend.mark_as_failure(task_id, exc)
-        # Nobody else will say it failed (its process is gone): tell Flower and the op-log.
-        with app.events.default_dispatcher(hostname=node or app.settings.node_id) as events:
-            events.send("task-failed", uuid=task_id, exception=repr(exc), traceback=None)
+        try:
+            app.backend.mark_as_failure(task_id, exc)
+        finally:
+            # Nobody else will say it failed (its process is gone): tell Flower and the
+            # op-log, even when storing the failed state did not work.
+            with app.events.default_dispatcher(hostname=node or app.settings.node_id) as events:
+                events.send("task-failed", uuid=task_id, exception=repr(exc), traceback=None)
         return "dead_lettered"
     return "requeued"
+
+
+def _trace_id(headers: dict[str, Any]) -> str | None:
+    """The W3C trace id of the message's ``traceparent`` header, if it has one."""
+    parts = str(headers.get("traceparent", "")).split("-")
+    return parts[1] if len(parts) == 4 else None
 
 
 def _letter(

@@ -174,8 +174,8 @@ class Supervisor:
         elif code != 0:
             log.error("%s: %s", child.name, how)
         for tag in run.held:
-            if tag != run.tag:
-                settle(self.app, tag, lost=False)
+            if tag != run.tag:  # held, never started: no attempt, and no take-back either
+                settle(self.app, tag, lost=False, count_takeback=False)
         child.slot.write(Run())
 
     def _shutdown(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -10,8 +11,10 @@ from tests.integration import tasks
 from tests.integration.conftest import StartWorker
 from tests.integration.workers import EventLog, celery_worker_args, vox_flow_worker_args
 from vox_flow.app import app
+from vox_flow.contracts.task import HEADER_TAKEBACKS
 from vox_flow.deadletter import DeadLetterStore
 from vox_flow.errors import TaskFailed
+from vox_flow.lostrun import UNACKED, UNACKED_INDEX, settle
 from vox_flow.submit import publish, submit, submit_many
 
 
@@ -102,8 +105,33 @@ def test_task_that_takes_its_whole_worker_down_ends_in_dead_letters(
     letter = DeadLetterStore(app).get(handle.id)
     assert letter.reason == "lost" and letter.error_type == "LeaseExpired", letter
     assert "taken back 2 times" in letter.error_message
+    assert letter.trace_id == handle.trace_id
     assert letter.payload == {"id": "host", "value": 0}
     assert app.redis.hlen("unacked") == 0 and app.redis.llen(tasks.poison.queue) == 0
+
+
+def _reserve(queue: str) -> str:
+    """Move the next message of ``queue`` into kombu's reserved set, as a worker would."""
+    raw = app.redis.rpop(queue)
+    assert raw is not None
+    message = json.loads(raw)
+    tag = message["properties"]["delivery_tag"]
+    app.redis.hset(UNACKED, tag, json.dumps([message, "", queue]))
+    app.redis.zadd(UNACKED_INDEX, {tag: time.time()})
+    return str(tag)
+
+
+def test_only_a_lapsed_lease_counts_a_take_back(redis_url: str) -> None:
+    """A message a dead child merely held goes back as it was; one whose worker stopped
+    renewing counts a take-back, and the count travels with the message."""
+    queue = tasks.echo.queue
+    submit(tasks.echo, {"id": "held", "value": 0})
+    assert settle(app, _reserve(queue), lost=False, count_takeback=False) == "requeued"
+    assert HEADER_TAKEBACKS not in json.loads(app.redis.lindex(queue, 0))["headers"]
+    assert settle(app, _reserve(queue), lost=False) == "requeued"
+    assert settle(app, _reserve(queue), lost=False) == "requeued"
+    assert json.loads(app.redis.lindex(queue, 0))["headers"][HEADER_TAKEBACKS] == 2
+    assert app.redis.hlen(UNACKED) == 0
 
 
 def test_effect_runs_once_per_key_when_delivered_twice(
