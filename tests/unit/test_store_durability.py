@@ -1,8 +1,8 @@
 """SQLite commits reach the disk before what they wrote leaves the store.
 
 What a power cut takes cannot be tested without cutting power; what decides it can: the
-``PRAGMA synchronous`` level in force when each COMMIT runs (FULL syncs the WAL up to that
-commit), and when the log is read out, an fsync of the WAL while the read's snapshot is open.
+``PRAGMA synchronous`` level in force when each COMMIT runs, and the fsyncs of the WAL: after
+a commit whose result leaves the store, and while a read's snapshot is open.
 """
 
 from __future__ import annotations
@@ -24,84 +24,85 @@ from vox_flow.store import engine as engine_module
 
 SIGNER = Signer.generate("durability")
 OUT = "test.outside"
-FULL, NORMAL = 2, 1
 
 
-def _store(tmp_path: Path, mode: str) -> tuple[Store, list[int]]:
-    """A store in ``mode`` and the synchronous level of each of its write commits."""
+def _store(tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Store, list[str]]:
+    """A store in ``mode`` and its trail: ``commit:<synchronous level>`` for each write
+    commit, ``sync:<connections checked out>`` for each fsync of its WAL file (a reader's
+    snapshot is one such connection), ``effect`` when an outside effect runs."""
     store = Store(f"sqlite:///{tmp_path / 'control.db'}", sqlite_synchronous=mode)
-    levels: list[int] = []
+    trail: list[str] = []
 
     @event.listens_for(store.engine, "commit")
     def _commit(conn: Connection) -> None:  # runs just before the driver's COMMIT
         if conn.get_execution_options().get("vf_write"):
             raw: Any = conn.connection.dbapi_connection
-            levels.append(raw.execute("PRAGMA synchronous").fetchone()[0])
+            trail.append(f"commit:{raw.execute('PRAGMA synchronous').fetchone()[0]}")
 
-    AuditLog(store).register(SIGNER)
-    return store, levels
-
-
-def _act(store: Store, action: str) -> AuditEntry:
-    effects = note_effects()
-    effects.outside(OUT)(lambda entry: None)
-    return perform(store, SIGNER, effects, actor="op", action=action, target="t", reason="r")
-
-
-@pytest.mark.parametrize(
-    ("mode", "in_store", "outside", "checkpoint"),
-    [
-        ("before_output", NORMAL, FULL, FULL),
-        ("full", FULL, FULL, FULL),
-        ("normal", NORMAL, NORMAL, NORMAL),
-    ],
-)
-def test_commit_level_follows_what_leaves_the_store(
-    tmp_path: Path, mode: str, in_store: int, outside: int, checkpoint: int
-) -> None:
-    store, levels = _store(tmp_path, mode)
-    levels.clear()
-    _act(store, NOTE)
-    assert levels == [in_store]
-    levels.clear()
-    _act(store, OUT)  # the append, then the outbox row marked done
-    assert levels[0] == outside
-    levels.clear()
-    _act(store, NOTE)  # the connection goes back to the mode's own level
-    AuditLog(store).checkpoint(SIGNER)
-    assert levels == [in_store, checkpoint]
-    store.dispose()
-
-
-def _wal_syncs(monkeypatch: pytest.MonkeyPatch, store: Store) -> list[int]:
-    """Record each fsync of the store's WAL file, as the number of connections checked out
-    of the pool at that moment (a reader's snapshot is one of them)."""
-    seen: list[int] = []
     real = os.fsync
 
     def fsync(fd: int) -> None:
         if os.readlink(f"/proc/self/fd/{fd}").endswith("control.db-wal"):
-            seen.append(store.engine.pool.checkedout())  # type: ignore[attr-defined]
+            trail.append(f"sync:{store.engine.pool.checkedout()}")  # type: ignore[attr-defined]
         real(fd)
 
     monkeypatch.setattr(engine_module.os, "fsync", fsync)
-    return seen
+    AuditLog(store).register(SIGNER)
+    trail.clear()
+    return store, trail
+
+
+def _act(store: Store, action: str, trail: list[str]) -> AuditEntry:
+    effects = note_effects()
+    effects.outside(OUT)(lambda entry: trail.append("effect"))
+    return perform(store, SIGNER, effects, actor="op", action=action, target="t", reason="r")
+
+
+# An outside action: its append commits, then is synced, then the effect runs, then its
+# outbox row is marked done (not synced: lost, the idempotent effect runs again).
+@pytest.mark.parametrize(
+    ("mode", "in_store", "outside", "checkpoint"),
+    [
+        ("before_output", ["commit:1"], ["commit:1", "sync:0", "effect", "commit:1"],
+         ["commit:1", "sync:0"]),
+        ("full", ["commit:2"], ["commit:2", "effect", "commit:2"], ["commit:2"]),
+        ("normal", ["commit:1"], ["commit:1", "effect", "commit:1"], ["commit:1"]),
+    ],
+)  # fmt: skip
+def test_commits_reach_the_disk_before_what_they_wrote_leaves_the_store(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    in_store: list[str],
+    outside: list[str],
+    checkpoint: list[str],
+) -> None:
+    store, trail = _store(tmp_path, mode, monkeypatch)
+    _act(store, NOTE, trail)
+    assert trail == in_store
+    trail.clear()
+    _act(store, OUT, trail)
+    assert trail == outside
+    trail.clear()
+    AuditLog(store).checkpoint(SIGNER)
+    assert trail == checkpoint
+    store.dispose()
 
 
 def test_reading_the_log_out_syncs_what_the_snapshot_shows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store, _ = _store(tmp_path, "before_output")
-    syncs = _wal_syncs(monkeypatch, store)
-    _act(store, NOTE)
-    assert syncs == []  # an in-store action's commit does not wait for the disk
+    store, trail = _store(tmp_path, "before_output", monkeypatch)
+    _act(store, NOTE, trail)
+    assert trail == ["commit:1"]  # an in-store action's commit does not wait for the disk
+    trail.clear()
     log = AuditLog(store)
     assert log.head().size == 1
     assert [e.seq for e in log.entries()] == [1]
     log.checkpoints()
     # Each synced while its read snapshot was open: anything it shows was committed
     # before, so it is in the WAL the fsync covers.
-    assert syncs == [1, 1, 1]
+    assert trail == ["sync:1", "sync:1", "sync:1"]
     store.dispose()
 
 
@@ -109,24 +110,22 @@ def test_sync_holds_while_a_reader_pins_the_wal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A wal_checkpoint would copy (and sync) nothing here; the fsync of the WAL still does."""
-    store, _ = _store(tmp_path, "before_output")
-    syncs = _wal_syncs(monkeypatch, store)
+    store, trail = _store(tmp_path, "before_output", monkeypatch)
     with store.read() as pinned:
         pinned.exec_driver_sql("SELECT count(*) FROM audit_entries").one()
         for _ in range(3):
-            _act(store, NOTE)
+            _act(store, NOTE, trail)
         assert AuditLog(store).head().size == 3
-    assert len(syncs) == 1
+    assert trail == ["commit:1", "commit:1", "commit:1", "sync:2"]
     store.dispose()
 
 
 def test_other_modes_never_sync_on_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for mode in ("full", "normal"):
-        store, _ = _store(tmp_path / mode, mode)
-        syncs = _wal_syncs(monkeypatch, store)
-        _act(store, NOTE)
+        store, trail = _store(tmp_path / mode, mode, monkeypatch)
+        _act(store, NOTE, trail)
         AuditLog(store).head()
-        assert syncs == [], mode
+        assert not any(step.startswith("sync") for step in trail), (mode, trail)
         store.dispose()
 
 

@@ -22,7 +22,6 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x766F78666C6F77
 
 _WRITE = "vf_write"
-_DURABLE = "vf_durable"
 SYNCHRONOUS = ("before_output", "full", "normal")
 
 
@@ -51,23 +50,20 @@ class Store:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
-        self._wal: Path | None = None  # the SQLite write-ahead log file, synced on demand
+        # The WAL file that sync() fsyncs: only SQLite in before_output mode syncs on demand
+        # (full: every commit; normal: never; PostgreSQL: every commit).
+        self._wal: Path | None = None
         if self.dialect == "sqlite":
             database = parsed.database
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-                self._wal = Path(f"{database}-wal")
+                if sqlite_synchronous == "before_output":
+                    self._wal = Path(f"{database}-wal")
             kwargs["connect_args"] = {"timeout": 60.0}
         self.engine: Engine = create_engine(url, **kwargs)
-        # Writers connect through these views of the same pool: their connections carry the
-        # write (and durable) flags from the start (no per-transaction execution_options).
+        # Writers connect through this view of the same pool: their connections carry the
+        # write flag from the start (no per-transaction execution_options call).
         self._writer: Engine = self.engine.execution_options(**{_WRITE: True})
-        self._durable_writer: Engine = self.engine.execution_options(
-            **{_WRITE: True, _DURABLE: True}
-        )
-        # Only SQLite in before_output mode syncs on demand (full: every commit; normal:
-        # never; PostgreSQL: every commit).
-        self._lazy_sync = self._wal is not None and sqlite_synchronous == "before_output"
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, sqlite_synchronous)
         if migrate:
@@ -93,18 +89,20 @@ class Store:
         never): for a transaction whose result is about to leave the store (an outside
         effect runs next, a checkpoint is handed out).
         """
-        writer = self._durable_writer if durable else self._writer
-        with writer.connect() as conn, conn.begin():
+        with self._writer.connect() as conn, conn.begin():
             yield conn
+        if durable:
+            self.sync()
 
     def sync(self) -> None:
         """Put every commit made so far on disk (SQLite ``before_output``; ``full`` and
         PostgreSQL sync each commit already, ``normal`` opts out).
 
-        Call it once a read snapshot is open and before handing out what it shows, so a
-        power cut cannot take back what a reader has seen.
+        A durable write calls it after its commit. A reader calls it once its snapshot is
+        open and before handing out what it shows, so a power cut cannot take back what
+        someone has seen.
         """
-        if not self._lazy_sync or self._wal is None:
+        if self._wal is None:
             return
         # fsync the WAL file itself: every commit since the WAL last restarted is in it, and
         # it restarts only after a complete checkpoint, which synced the database file. Not
@@ -137,11 +135,10 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         raise ValueError(
             f"sqlite synchronous must be one of {', '.join(SYNCHRONOUS)}, not {synchronous!r}"
         )
-    # before_output: NORMAL, and FULL for the commits of durable writes. NORMAL in WAL mode
-    # loses no commit to a killed process, only the latest ones to a power cut, and those
-    # whole (entry and in-store effect together); FULL syncs the WAL up to and including
-    # its commit, so nothing committed before a durable write can be lost either.
-    base = "FULL" if synchronous == "full" else "NORMAL"
+    # NORMAL in WAL mode loses no commit to a killed process, only the latest ones to a
+    # power cut, and those whole (entry and in-store effect together); before_output adds
+    # Store.sync() where something leaves the store.
+    level = "FULL" if synchronous == "full" else "NORMAL"
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
@@ -151,26 +148,18 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before it returns, so an acknowledged audit entry
         # survives a power cut. NORMAL (WAL): it survives a killed process, not a power cut.
-        cursor.execute(f"PRAGMA synchronous={base}")
+        cursor.execute(f"PRAGMA synchronous={level}")
         cursor.execute("PRAGMA busy_timeout=60000")
         cursor.close()
-        _record.info[_DURABLE] = base
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         # A writer takes the lock up front: two deferred transactions that both read then
         # write would deadlock into SQLITE_BUSY instead of queueing.
         # Straight to the driver: SQLAlchemy's statement path would cost more than BEGIN.
-        options = conn.get_execution_options()
-        dbapi = conn.connection.dbapi_connection
-        if synchronous == "before_output":
-            # The level in force when COMMIT runs decides; set it only when it changes.
-            want = "FULL" if options.get(_DURABLE, False) else "NORMAL"
-            if conn.connection.info.get(_DURABLE) != want:
-                dbapi.execute(f"PRAGMA synchronous={want}")  # type: ignore[union-attr]
-                conn.connection.info[_DURABLE] = want
-        dbapi.execute(  # type: ignore[union-attr]
-            "BEGIN IMMEDIATE" if options.get(_WRITE, False) else "BEGIN"
+        immediate = conn.get_execution_options().get(_WRITE, False)
+        conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+            "BEGIN IMMEDIATE" if immediate else "BEGIN"
         )
 
 
