@@ -93,7 +93,6 @@ def settle(
     error_message: str = "",
     node: str = "",
     started_at: datetime | None = None,
-    trace_id: str | None = None,
     count_takeback: bool = True,
 ) -> Outcome:
     """Take a reserved message back: requeue it, or dead-letter it once it is used up.
@@ -125,9 +124,8 @@ def settle(
             f"taken back {takebacks} times from workers that stopped renewing its lease "
             "while holding it: does it take its whole worker or host down?"
         )
-        trace_id = _trace_id(headers)
         letter_json = _letter(
-            app, message, task_id, routing_key, error_type, error_message, [], ended, trace_id
+            app, message, task_id, routing_key, error_type, error_message, [], ended
         )
     elif taken_back:
         headers[HEADER_TAKEBACKS] = takebacks
@@ -152,7 +150,6 @@ def settle(
                 error_message,
                 [attempt],
                 ended,
-                trace_id,
             )
         else:
             headers[HEADER_ATTEMPT] = number + 1
@@ -210,9 +207,9 @@ def _letter(
     error_message: str,
     last: list[Attempt],
     ended: datetime,
-    trace_id: str | None = None,
 ) -> str:
-    """The dead letter (JSON) of a lost run: its recorded attempts, then ``last``."""
+    """The dead letter (JSON) of a lost run: its recorded attempts, then ``last``; its
+    trace id is the one the message carries (nobody ran it in a span to read it from)."""
     headers = message["headers"]
     earlier = [
         Attempt.model_validate_json(item) for item in app.redis.lrange(attempts_key(task_id), 0, -1)
@@ -228,7 +225,7 @@ def _letter(
         error_message=error_message,
         attempts=[*earlier, *last],
         node=last[-1].node if last else app.settings.node_id,
-        trace_id=trace_id,
+        trace_id=_trace_id(headers),
         idempotency_key=headers.get(HEADER_KEY),
         dead_at=ended,
     ).model_dump_json()

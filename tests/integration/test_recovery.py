@@ -51,6 +51,7 @@ def test_poison_task_ends_in_dead_letters_while_others_flow(
     assert err.value.dead_letter_id == bad.id
     letter = DeadLetterStore(app).get(bad.id)
     assert letter.reason == "lost" and letter.error_type == "WorkerLostError", letter
+    assert letter.trace_id == bad.trace_id is not None
     assert [a.outcome for a in letter.attempts] == ["lost", "lost"]
     assert app.redis.llen("test:poison:p") == tasks.poison.retry.max_attempts
     # No process of the task is left to report it: the one that settled it sends task-failed,
@@ -168,6 +169,7 @@ def test_hard_time_limit_kills_the_run_and_dead_letters_it(
         handle.result(timeout=60)
     letter = DeadLetterStore(app).get(handle.id)
     assert letter.reason == "lost" and letter.error_type == "TimeLimitExceeded", letter
+    assert letter.trace_id == handle.trace_id is not None
     assert [a.outcome for a in letter.attempts] == ["lost", "lost"]
     for attempt in letter.attempts:  # each run killed at its 1 s limit, not let sleep 30 s
         assert attempt.ended_at is not None
