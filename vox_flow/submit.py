@@ -103,11 +103,40 @@ class _Commands:
         self.commands.append((name, args))
 
 
+def _capture(
+    channel: Any,
+    expected: str,
+    body: Any,
+    *,
+    exchange: str,
+    routing_key: str,
+    headers: dict[str, Any] | None,
+    properties: dict[str, Any],
+    priority: int | None = None,
+    serializer: str = "json",
+) -> tuple[Any, Any]:
+    """The arguments of the one Redis command (``expected``) kombu would run to publish
+    ``body``: serialized and enveloped by kombu itself, but not sent."""
+    content_type, content_encoding, data = dumps(body, serializer=serializer)
+    message = channel.prepare_message(
+        data, priority, content_type, content_encoding, headers, properties
+    )
+    commands = _Commands()
+    channel.basic_publish(
+        message, exchange=exchange, routing_key=routing_key, _publish_batch=commands
+    )
+    (name, (key, value)), *rest = commands.commands
+    if name != expected or rest:
+        raise RuntimeError(f"unexpected broker commands for one publish: {commands.commands}")
+    return key, value
+
+
 class _CapturingProducer:
     """What Celery's EventDispatcher publishes through: the broker command is kept, not sent."""
 
-    def __init__(self, channel: Any, commands: _Commands) -> None:
-        self.channel, self.commands = channel, commands
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.command: tuple[str, bytes] | None = None  # (channel, message) to PUBLISH
 
     def publish(
         self,
@@ -119,12 +148,15 @@ class _CapturingProducer:
         delivery_mode: int | None = None,
         **_: Any,
     ) -> None:
-        content_type, content_encoding, data = dumps(body, serializer=serializer or "json")
-        message = self.channel.prepare_message(
-            data, None, content_type, content_encoding, headers, {"delivery_mode": delivery_mode}
-        )
-        self.channel.basic_publish(
-            message, exchange=exchange, routing_key=routing_key, _publish_batch=self.commands
+        self.command = _capture(
+            self.channel,
+            "publish",
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            headers=headers,
+            properties={"delivery_mode": delivery_mode},
+            serializer=serializer or "json",
         )
 
 
@@ -195,14 +227,18 @@ def _message(
             declare=[],
             retry_policy={},
         )
-    content_type, content_encoding, data = dumps(body, serializer="json")
     properties["delivery_mode"] = 2
     channel = _channel(app)
-    message = channel.prepare_message(
-        data, priority, content_type, content_encoding, task_headers, properties
+    queue, raw = _capture(
+        channel,
+        "lpush",
+        body,
+        exchange="",
+        routing_key=typed.queue,
+        headers=task_headers,
+        properties=properties,
+        priority=priority,
     )
-    commands = _Commands()
-    channel.basic_publish(message, exchange="", routing_key=typed.queue, _publish_batch=commands)
     if not batch:
         signals.after_task_publish.send(
             sender=typed.name,
@@ -211,18 +247,12 @@ def _message(
             exchange="",
             routing_key=typed.queue,
         )
-    (name, (queue, raw)), *rest = commands.commands
-    if name != "lpush" or rest:
-        raise RuntimeError(f"unexpected broker commands for one publish: {commands.commands}")
     if not send_event:
         return queue, raw, None
     sent_event.update(queue=typed.queue, exchange="", routing_key=typed.queue)
-    events = _CapturingProducer(channel, _Commands())
-    _local.events.publish("task-sent", sent_event, events)
-    (name, (topic, event)), *rest = events.commands.commands
-    if name != "publish" or rest:
-        raise RuntimeError(f"unexpected broker commands for one event: {events.commands.commands}")
-    return queue, raw, (topic, event)
+    producer = _CapturingProducer(channel)
+    _local.events.publish("task-sent", sent_event, producer)
+    return queue, raw, producer.command
 
 
 def _wait_durable(app: VoxFlow) -> None:
