@@ -28,12 +28,12 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from vox_flow.contracts.audit import OpEvent, OpKind
-from vox_flow.control.actions import Action, Effects, perform, perform_many
-from vox_flow.control.audit import AuditLog
-from vox_flow.control.keys import Signer, signature_ok
-from vox_flow.control.oplog import NewOp, OpLog
-from vox_flow.control.verify import verify_store
+from vox_flow.actions.perform import Action, Effects, perform, perform_many
+from vox_flow.audit.keys import Signer, signature_ok
+from vox_flow.audit.log import AuditLog
+from vox_flow.audit.verify import verify_store
+from vox_flow.contracts.oplog import OpEvent, OpKind
+from vox_flow.oplog.log import NewOp, OpLog
 from vox_flow.store import Store
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -1,13 +1,13 @@
 """Fixtures shared by every test: a private broker server for the whole session.
 
-The server starts in ``pytest_configure``, before any test module imports ``vox_flow.app``,
-so the app in this process and every worker subprocess talk to it (never to a shared Redis).
+The server starts in ``pytest_configure``, and this process's ``vox_flow.app.app`` is built
+from explicit settings naming it (``vox_flow.app.configure``), so nothing in the test process
+reads ``VOX_FLOW_*`` from the environment or talks to the machine's shared Redis. Worker
+subprocesses get their settings in the environment they are started with (workers.py).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,22 +15,21 @@ from pathlib import Path
 import pytest
 import redis
 
+from vox_flow.app import configure
 from vox_flow.broker.server import RedisServer
+from vox_flow.config import Settings
 
 _server: RedisServer | None = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
     global _server
-    # The app reads its broker URL when imported: imported before this point (by a conftest
-    # or helper module at its top), it would talk to the machine's shared Redis.
-    if "vox_flow.app" in sys.modules:
-        raise pytest.UsageError("vox_flow.app was imported before the test broker was set")
     if _server is None:
         _server = RedisServer(Path(tempfile.mkdtemp(prefix="vf-redis-")), appendfsync="always")
         _server.start()
-        os.environ["VOX_FLOW_BROKER_URL"] = _server.url
-        os.environ.pop("VOX_FLOW_RESULT_BACKEND", None)
+        # configure() refuses once the app exists: a helper that used it at import time,
+        # before the broker was known, fails here instead of reaching another Redis.
+        configure(Settings(broker_url=_server.url, task_modules=["vox_flow.examples.sample"]))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

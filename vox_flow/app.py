@@ -1,53 +1,39 @@
-"""The Celery app: ``celery -A vox_flow.app worker`` loads the ``app`` defined here.
+"""The composition root: ``create_app(settings)`` builds a configured app.
 
-``VoxFlow`` is a Celery app that also carries vox_flow's settings, its typed-task registry and
-a Redis client for vox_flow's own keys. Settings and broker choices are made here only.
+``celery -A vox_flow.app worker`` (and ``vox-flow``'s commands) load ``app`` from here: the
+one module-level instance, built from the ``VOX_FLOW_*`` environment the first time it is
+used, not when this module is imported. Importing this module reads nothing, connects to
+nothing and installs no telemetry: entry points (the worker process, beat, the control
+service) start telemetry themselves (``vox_flow.telemetry.init``).
 """
 
 from __future__ import annotations
 
-import os
+import threading
 from typing import TYPE_CHECKING, Any
 
-import redis
-from celery import Celery
-
+from vox_flow._celery.versions import check_transport
+from vox_flow.application import VoxFlow
 from vox_flow.config import Settings, load_settings
 
 if TYPE_CHECKING:
-    from vox_flow.runslot import SlotWriter
-    from vox_flow.tasks import TypedTask
+    app: VoxFlow
+
+__all__ = ["VoxFlow", "app", "configure", "create_app"]
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
-# Kombu's own visibility timeout only backs up vox_flow's leases (see lease.py): it must
+# Kombu's own visibility timeout only backs up vox_flow's leases (worker/lease.py): it must
 # never fire first, or a long task would be redelivered while it still runs.
 KOMBU_VISIBILITY_TIMEOUT = 7 * 86_400
 
 
-class VoxFlow(Celery):
-    """A Celery app with vox_flow's settings, typed-task registry and Redis client."""
-
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        # Current app: opentelemetry-instrumentation-celery finds tasks through it.
-        super().__init__("vox_flow", **kwargs)
-        self.settings = settings
-        self.typed: dict[str, TypedTask[Any, Any]] = {}
-        self._redis: redis.Redis | None = None
-        self._redis_pid = 0
-        self.slot_writer: SlotWriter | None = None  # set in a `vox-flow worker` child
-
-    @property
-    def redis(self) -> redis.Redis:
-        """A client of the broker's Redis for vox_flow's own keys (one per process)."""
-        if self._redis is None or self._redis_pid != os.getpid():
-            self._redis = redis.Redis.from_url(self.conf.broker_url)
-            self._redis_pid = os.getpid()
-        return self._redis
-
-
 def create_app(settings: Settings | None = None) -> VoxFlow:
-    """A configured app: JSON only, late ack, reject on worker loss, events on for Flower."""
+    """A configured app: JSON only, late ack, reject on worker loss, events on for Flower.
+
+    Raises ``IncompatibleCelery`` when the installed Celery/kombu lack what vox_flow relies on.
+    """
+    check_transport()
     settings = settings or load_settings()
     broker = settings.broker_url or DEFAULT_BROKER
     app = VoxFlow(settings)
@@ -78,10 +64,38 @@ def create_app(settings: Settings | None = None) -> VoxFlow:
         enable_utc=True,
         imports=tuple(settings.task_modules),
     )
-    from vox_flow.hooks import install
+    # The worker side: how typed tasks run, and the bootsteps of a worker process. Imported
+    # here, in the composition root, so that no record module imports the worker.
+    from vox_flow.worker.install import install
 
     install(app)
     return app
 
 
-app = create_app()
+_lock = threading.Lock()
+_default: VoxFlow | None = None
+
+
+def configure(settings: Settings) -> VoxFlow:
+    """Build ``app`` from ``settings`` instead of the environment (for a process that embeds
+    vox_flow, or a test session). Call it before anything uses ``app``; raises RuntimeError
+    once ``app`` exists."""
+    global _default
+    with _lock:
+        if _default is not None:
+            raise RuntimeError(
+                "vox_flow.app.app is already built (something used it before configure())"
+            )
+        _default = create_app(settings)
+        return _default
+
+
+def __getattr__(name: str) -> Any:
+    # ``app`` is built on first use (PEP 562), so importing this module has no effect.
+    global _default
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _lock:
+        if _default is None:
+            _default = create_app()
+        return _default

@@ -18,13 +18,9 @@ import time
 import redis
 
 from vox_flow.contracts.task import Attempt
+from vox_flow.keyspace import attempts as attempts_key
 
-_PREFIX = "vf:attempts:"
 FLUSH_SECONDS = 0.05
-
-
-def attempts_key(task_id: str) -> str:
-    return f"{_PREFIX}{task_id}"
 
 
 class AttemptLog:

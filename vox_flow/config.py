@@ -33,7 +33,7 @@ class Settings(BaseSettings):
         default=None, description="Celery result backend URL. Unset: the broker URL."
     )
     task_modules: Annotated[list[str], NoDecode] = Field(
-        default=["workers.sample"],
+        default=["vox_flow.examples.sample"],
         description="Modules a worker imports to register its tasks (comma-separated).",
     )
     ignore_results: bool = Field(
@@ -203,7 +203,7 @@ def settings_table() -> str:
         elif field.default is None:
             default = "unset"
         elif isinstance(field.default, list):
-            default = "`" + ",".join(field.default) + "`"
+            default = "`" + ",".join(field.default) + "`" if field.default else "none"
         else:
             default = f"`{field.default}`"
         meaning = " ".join((field.description or "").split())

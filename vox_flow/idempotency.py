@@ -9,12 +9,13 @@ stored result without running the function again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import redis
+from vox_flow.keyspace import IDEM_CLAIM as _CLAIM
+from vox_flow.keyspace import IDEM_DONE as _DONE
 
-_DONE = "vf:idem:done:"
-_CLAIM = "vf:idem:claim:"
+if TYPE_CHECKING:
+    import redis
 
 # KEYS: done, claim. ARGV: token, lease_ms.
 _CLAIM_LUA = """

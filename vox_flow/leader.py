@@ -13,9 +13,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import redis
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import redis
 
 # KEYS: lock, fence. ARGV: replica id, ttl ms. Returns the new token, or 0 when held.
 _ACQUIRE_LUA = """

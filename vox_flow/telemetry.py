@@ -1,26 +1,31 @@
-"""The one OpenTelemetry init: a tracer provider and Celery's instrumentation.
+"""The one OpenTelemetry init, called by entry points only: a tracer provider and Celery's
+instrumentation.
 
-Trace context goes from ``submit`` to the worker through opentelemetry-instrumentation-celery
-(its publish span is injected into the message headers); vox_flow writes no propagation code.
-A real (SDK) tracer provider is installed even when nothing is exported, so every task has a
-W3C trace id to show on its handle, result and dead letter.
+Entry points (a worker process, beat, the control service) call :func:`init`; importing
+vox_flow never changes OpenTelemetry's global state, so an application that imports its task
+modules keeps its own tracer provider. Trace context goes from ``submit`` to the worker in
+the message headers (OpenTelemetry's propagator; the worker's Celery instrumentation
+extracts it). A client process without an SDK tracer provider of its own still gets a W3C
+trace id on every handle: :func:`tracer` then falls back to a private provider that records
+into nothing and is never installed globally.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
-from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-from vox_flow.config import Settings
+if TYPE_CHECKING:
+    from vox_flow.config import Settings
 
 _lock = threading.Lock()
 _done = False
-
-tracer = trace.get_tracer("vox_flow")
+_private: TracerProvider | None = None
+_cached: tuple[object, trace.Tracer] | None = None  # (global provider, its tracer)
 
 
 def _exporter(settings: Settings) -> SpanExporter | None:
@@ -28,6 +33,7 @@ def _exporter(settings: Settings) -> SpanExporter | None:
         return ConsoleSpanExporter()
     if settings.otel_exporter == "otlp":
         try:
+            # Lazy: an optional extra, needed only when this exporter is chosen.
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
                 OTLPSpanExporter,
             )
@@ -41,12 +47,18 @@ def _exporter(settings: Settings) -> SpanExporter | None:
 
 
 def init(settings: Settings) -> None:
-    """Install the tracer provider and instrument Celery (once per process; later calls no-op)."""
+    """Install the tracer provider (unless the process has an SDK one) and instrument Celery.
+
+    Once per process; later calls do nothing. Only entry points call this.
+    """
     global _done
     with _lock:
         if _done:
             return
         _done = True
+        # Lazy: the instrumentation loads Celery's signal machinery; clients never need it.
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
         if not isinstance(trace.get_tracer_provider(), TracerProvider):
             provider = TracerProvider()
             exporter = _exporter(settings)
@@ -54,6 +66,25 @@ def init(settings: Settings) -> None:
                 provider.add_span_processor(BatchSpanProcessor(exporter))
             trace.set_tracer_provider(provider)
         CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
+
+
+def tracer() -> trace.Tracer:
+    """vox_flow's tracer: from the process's SDK provider if it has one, else from a private
+    provider (spans with real ids, exported nowhere)."""
+    global _private, _cached
+    provider = trace.get_tracer_provider()
+    cached = _cached
+    if cached is not None and cached[0] is provider:
+        return cached[1]  # the hot path (every submit): no new Tracer object
+    with _lock:
+        if isinstance(provider, TracerProvider):
+            found = provider.get_tracer("vox_flow")
+        else:
+            if _private is None:
+                _private = TracerProvider()
+            found = _private.get_tracer("vox_flow")
+        _cached = (provider, found)
+    return found
 
 
 def current_trace_id() -> str | None:

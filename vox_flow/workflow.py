@@ -14,18 +14,20 @@ from __future__ import annotations
 import itertools
 import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from celery import chain as celery_chain
 from celery import group as celery_group
-from celery.canvas import Signature
 from pydantic import BaseModel
 
 from vox_flow.errors import WorkflowTypeError
+from vox_flow.handle import TaskHandle
+from vox_flow.tasks import Step
 
-if TYPE_CHECKING:
-    from vox_flow.submit import TaskHandle
-    from vox_flow.tasks import TypedTask
+if typing.TYPE_CHECKING:
+    from celery.canvas import Signature
+
+__all__ = ["Group", "Step", "Workflow", "chain", "group", "mismatch"]
 
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
@@ -51,26 +53,6 @@ def mismatch(produced: type[BaseModel], expected: type[BaseModel]) -> str | None
                 f"but {field.annotation!r} in {expected.__name__}"
             )
     return None
-
-
-@dataclass(frozen=True)
-class Step(Generic[In, Out]):
-    """One typed task in a workflow, with its payload (first step) or without (fed by the last)."""
-
-    task: TypedTask[In, Out]
-    payload: In | None = None
-
-    @property
-    def output_model(self) -> type[Out]:
-        return self.task.output_model
-
-    def signature(self) -> Signature:
-        if self.payload is None:
-            return self.task.celery_task.s()
-        return self.task.celery_task.s(self.payload.model_dump(mode="json"))
-
-    def __str__(self) -> str:
-        return self.task.name
 
 
 @dataclass(frozen=True)
@@ -172,8 +154,6 @@ class Workflow:
 
     def submit(self) -> TaskHandle[Any] | list[TaskHandle[Any]]:
         """Enqueue the workflow: the last step's handle, or one per member of a last group."""
-        from vox_flow.submit import TaskHandle
-
         last = self.parts[-1]
         result = self.signature().apply_async()
         if isinstance(last, Group):

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from vox_flow.control.audit import AuditLog
-from vox_flow.control.keys import key_path, load_or_create
-from vox_flow.control.verify import verify_store
+from vox_flow.audit.keys import key_path, load_or_create
+from vox_flow.audit.log import AuditLog
+from vox_flow.audit.verify import verify_store
 from vox_flow.store import Store
 
 pytestmark = pytest.mark.integration
@@ -29,9 +29,9 @@ PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 APPENDER = """
 import sys
 from pathlib import Path
-from vox_flow.control.actions import Effects, perform
-from vox_flow.control.audit import AuditLog
-from vox_flow.control.keys import load_or_create
+from vox_flow.actions.perform import Effects, perform
+from vox_flow.audit.log import AuditLog
+from vox_flow.audit.keys import load_or_create
 from vox_flow.store import Store
 url, key, count, synchronous = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 store = Store(url, checkpoint_every=25, sqlite_synchronous=synchronous)

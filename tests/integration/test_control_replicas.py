@@ -25,9 +25,7 @@ from tests.integration.conftest import StartWorker
 from tests.integration.workers import ROOT, worker_env
 from vox_flow.app import app, create_app
 from vox_flow.config import Settings
-from vox_flow.contracts.audit import OpEvent, OpKind
-from vox_flow.control.ingest import FLUSH_SECONDS
-from vox_flow.control.oplog import OpLog
+from vox_flow.contracts.oplog import OpEvent, OpKind
 from vox_flow.control.service import (
     FENCE_KEY,
     LOCK_KEY,
@@ -35,6 +33,8 @@ from vox_flow.control.service import (
     ControlService,
 )
 from vox_flow.leader import LeaderLock
+from vox_flow.oplog.ingest import FLUSH_SECONDS
+from vox_flow.oplog.log import OpLog
 from vox_flow.store import Store, open_store
 from vox_flow.submit import TaskHandle, submit
 

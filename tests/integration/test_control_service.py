@@ -17,16 +17,17 @@ import pytest
 from tests.integration import tasks
 from tests.integration.conftest import StartWorker
 from tests.integration.workers import ROOT, worker_env
+from vox_flow.actions.perform import Auditor, EffectFailed, Effects, pending, perform
+from vox_flow.actions.schedules import PAUSE
 from vox_flow.app import app
+from vox_flow.audit.keys import CONTROL_KEY
+from vox_flow.audit.log import AuditLog
 from vox_flow.broker.server import RedisServer
 from vox_flow.config import Settings
-from vox_flow.contracts.audit import AuditEntry, Op, OpEvent, OpKind
-from vox_flow.control.actions import Auditor, EffectFailed, Effects, pending, perform
-from vox_flow.control.audit import AuditLog
-from vox_flow.control.keys import CONTROL_KEY
-from vox_flow.control.oplog import OpLog
+from vox_flow.contracts.audit import AuditEntry
+from vox_flow.contracts.oplog import Op, OpEvent, OpKind
 from vox_flow.errors import TaskFailed
-from vox_flow.schedules.operations import PAUSE
+from vox_flow.oplog.log import OpLog
 from vox_flow.schedules.store import ScheduleStore
 from vox_flow.store import open_store
 from vox_flow.submit import submit

@@ -17,18 +17,20 @@ from tests.integration import tasks
 from tests.integration.conftest import StartWorker
 from tests.integration.workers import ROOT, worker_env
 from vox_flow.app import app
+from vox_flow.audit.log import AuditLog
 from vox_flow.config import Settings
 from vox_flow.contracts.task import Attempt, DeadLetter, DeadLetterState
-from vox_flow.control.audit import AuditLog
-from vox_flow.deadletter import DeadLetterStore, entry_key
+from vox_flow.deadletters.replay import replay
+from vox_flow.deadletters.store import DeadLetterStore
 from vox_flow.errors import PayloadError, TaskFailed
+from vox_flow.keyspace import dlq_entry as entry_key
 from vox_flow.store import open_store
 from vox_flow.submit import TaskHandle, publish, submit
 
 
 @pytest.fixture
 def store(redis_url: str) -> DeadLetterStore:
-    return DeadLetterStore(app)
+    return DeadLetterStore(app.redis)
 
 
 def _letter(
@@ -108,8 +110,8 @@ def test_replay_as_is_runs_once_however_often_replayed(
     assert _runs("r1") == 3
     app.redis.set("test:fixed:r1", 1)
 
-    replayed, started = store.replay(handle.id)
-    again, started_again = store.replay(handle.id)
+    replayed, started = replay(app, handle.id)
+    again, started_again = replay(app, handle.id)
 
     assert started and not started_again
     assert again.id == replayed.id != handle.id
@@ -126,7 +128,7 @@ def test_replay_with_an_edited_payload(store: DeadLetterStore, start_worker: Sta
     _dead(handle)
     app.redis.set("test:fixed:e1", 1)
 
-    replayed, started = store.replay(handle.id, {"id": "e1", "value": 2})
+    replayed, started = replay(app, handle.id, {"id": "e1", "value": 2})
 
     assert started
     assert replayed.result(timeout=30).value == 2
@@ -141,7 +143,7 @@ def test_an_invalid_edit_is_refused_and_changes_nothing(
     before = app.redis.hgetall(entry_key(letter.id))
 
     with pytest.raises(PayloadError) as err:
-        store.replay(letter.id, {"id": "i1", "value": -5})
+        replay(app, letter.id, {"id": "i1", "value": -5})
     assert [field for field, _ in err.value.errors] == ["value"]
 
     edit = tmp_path / "edit.json"
@@ -186,7 +188,7 @@ def test_a_replay_cut_short_by_a_crash_is_finished_by_the_next_one(
     start_worker("w1")
 
     for letter in (before_publish, after_publish):
-        handle, started = store.replay(letter.id)
+        handle, started = replay(app, letter.id)
         assert not started and handle.id == f"replay-{letter.id}"
         assert handle.result(timeout=30).value == 2
         assert store.get(letter.id).state == DeadLetterState.REPLAYED

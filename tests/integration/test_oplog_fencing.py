@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.integration.test_audit_concurrency import PG_ADMIN, pg_schema_url
-from vox_flow.contracts.audit import OpEvent, OpKind
-from vox_flow.control.oplog import FencedOut, NewOp, OpLog
+from vox_flow.contracts.oplog import OpEvent, OpKind
+from vox_flow.oplog.log import FencedOut, NewOp, OpLog
 from vox_flow.store import Store
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -14,14 +13,16 @@ from celery import Celery
 
 from tests.integration.conftest import StartWorker
 from tests.unit.conftest_store import sqlite_store
-from vox_flow.contracts.audit import OpEvent, OpKind
-from vox_flow.control.ingest import ingest
-from vox_flow.control.oplog import OpLog
+from vox_flow.app import app as vox_app
+from vox_flow.contracts.oplog import OpEvent, OpKind
+from vox_flow.oplog.ingest import ingest
+from vox_flow.oplog.log import OpLog
 
 pytestmark = pytest.mark.integration
 
-# The tiny app the worker subprocess runs (-A tests.integration.test_oplog_ingest:app).
-app = Celery("vf_ingest_test", broker=os.environ.get("VOX_FLOW_BROKER_URL"))
+# The tiny app the worker subprocess runs (-A tests.integration.test_oplog_ingest:app), on
+# vox_flow's broker (configured by the test session here, from its environment there).
+app = Celery("vf_ingest_test", broker=vox_app.conf.broker_url)
 app.conf.update(
     task_send_sent_event=True,
     worker_send_task_events=True,

@@ -10,12 +10,13 @@ import pytest
 from tests.integration import tasks
 from tests.integration.conftest import StartWorker
 from tests.integration.workers import EventLog, celery_worker_args, vox_flow_worker_args
+from vox_flow._celery.layout import layout
 from vox_flow.app import app
 from vox_flow.contracts.task import HEADER_TAKEBACKS
-from vox_flow.deadletter import DeadLetterStore
+from vox_flow.deadletters.store import DeadLetterStore
 from vox_flow.errors import TaskFailed
-from vox_flow.lostrun import UNACKED, UNACKED_INDEX, settle
 from vox_flow.submit import publish, submit, submit_many
+from vox_flow.worker.settle import settle
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -49,7 +50,7 @@ def test_poison_task_ends_in_dead_letters_while_others_flow(
     with pytest.raises(TaskFailed) as err:
         bad.result(timeout=60)
     assert err.value.dead_letter_id == bad.id
-    letter = DeadLetterStore(app).get(bad.id)
+    letter = DeadLetterStore(app.redis).get(bad.id)
     assert letter.reason == "lost" and letter.error_type == "WorkerLostError", letter
     assert letter.trace_id == bad.trace_id is not None
     assert [a.outcome for a in letter.attempts] == ["lost", "lost"]
@@ -103,7 +104,7 @@ def test_task_that_takes_its_whole_worker_down_ends_in_dead_letters(
     with pytest.raises(TaskFailed) as err:
         handle.result(timeout=30)
     assert err.value.dead_letter_id == handle.id
-    letter = DeadLetterStore(app).get(handle.id)
+    letter = DeadLetterStore(app.redis).get(handle.id)
     assert letter.reason == "lost" and letter.error_type == "LeaseExpired", letter
     assert "taken back 2 times" in letter.error_message
     assert letter.trace_id == handle.trace_id
@@ -117,8 +118,8 @@ def _reserve(queue: str) -> str:
     assert raw is not None
     message = json.loads(raw)
     tag = message["properties"]["delivery_tag"]
-    app.redis.hset(UNACKED, tag, json.dumps([message, "", queue]))
-    app.redis.zadd(UNACKED_INDEX, {tag: time.time()})
+    app.redis.hset(layout(app).unacked, tag, json.dumps([message, "", queue]))
+    app.redis.zadd(layout(app).unacked_index, {tag: time.time()})
     return str(tag)
 
 
@@ -132,7 +133,7 @@ def test_only_a_lapsed_lease_counts_a_take_back(redis_url: str) -> None:
     assert settle(app, _reserve(queue), lost=False) == "requeued"
     assert settle(app, _reserve(queue), lost=False) == "requeued"
     assert json.loads(app.redis.lindex(queue, 0))["headers"][HEADER_TAKEBACKS] == 2
-    assert app.redis.hlen(UNACKED) == 0
+    assert app.redis.hlen(layout(app).unacked) == 0
 
 
 def test_effect_runs_once_per_key_when_delivered_twice(
@@ -167,7 +168,7 @@ def test_hard_time_limit_kills_the_run_and_dead_letters_it(
     handle = submit(tasks.stuck, {"id": "t", "seconds": 30})
     with pytest.raises(TaskFailed):
         handle.result(timeout=60)
-    letter = DeadLetterStore(app).get(handle.id)
+    letter = DeadLetterStore(app.redis).get(handle.id)
     assert letter.reason == "lost" and letter.error_type == "TimeLimitExceeded", letter
     assert letter.trace_id == handle.trace_id is not None
     assert [a.outcome for a in letter.attempts] == ["lost", "lost"]

@@ -10,7 +10,7 @@ from tests.integration import tasks
 from tests.integration.conftest import StartWorker
 from tests.integration.workers import recorded_attempts
 from vox_flow.app import app
-from vox_flow.deadletter import DeadLetterStore
+from vox_flow.deadletters.store import DeadLetterStore
 from vox_flow.errors import TaskFailed
 from vox_flow.submit import submit
 
@@ -40,7 +40,7 @@ def test_dead_letter_after_max_attempts(redis_url: str, start_worker: StartWorke
     with pytest.raises(TaskFailed) as err:
         handle.result(timeout=30)
     assert err.value.dead_letter_id == handle.id
-    letter = DeadLetterStore(app).get(handle.id)
+    letter = DeadLetterStore(app.redis).get(handle.id)
     assert letter.reason == "exhausted"
     assert letter.error_type == "Transient" and "failed again" in letter.error_message
     assert "Transient" in (letter.traceback or "")
@@ -58,7 +58,7 @@ def test_non_retryable_error_goes_straight_to_dead_letters(
     handle = submit(tasks.broken, {"id": "p", "value": 1})
     with pytest.raises(TaskFailed):
         handle.result(timeout=30)
-    letter = DeadLetterStore(app).get(handle.id)
+    letter = DeadLetterStore(app.redis).get(handle.id)
     assert letter.reason == "non_retryable" and letter.error_type == "Permanent"
     assert len(letter.attempts) == 1
     assert app.redis.llen("test:broken:p") == 1
@@ -72,7 +72,7 @@ def test_payload_invalid_in_the_worker_is_dead_lettered(
     result = tasks.echo.celery_task.apply_async(args=[{"id": "x", "value": "many"}])
     with pytest.raises(Exception, match="dead-lettered"):
         result.get(timeout=30)
-    letter = DeadLetterStore(app).get(result.id)
+    letter = DeadLetterStore(app.redis).get(result.id)
     assert letter.reason == "invalid_payload"
     assert letter.error_type == "PayloadError" and "value:" in letter.error_message
     assert [a.outcome for a in letter.attempts] == ["invalid"]
@@ -83,7 +83,7 @@ def test_dead_letters_past_their_retention_are_pruned(redis_url: str) -> None:
 
     from vox_flow.contracts.task import DeadLetter, DeadLetterReason
 
-    store = DeadLetterStore(app)
+    store = DeadLetterStore(app.redis)
     now = datetime.now(UTC)
     for name, age in (("old", 40), ("recent", 2)):
         store.add(

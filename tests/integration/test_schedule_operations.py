@@ -24,13 +24,13 @@ import pytest
 from tests.integration import schedule_tasks  # noqa: F401  (registers the tasks fired here)
 from tests.integration.conftest import StartWorker
 from tests.integration.workers import ROOT, worker_env
+from vox_flow.actions.perform import Auditor
+from vox_flow.actions.schedules import TRIGGER, schedule_effects, trigger
 from vox_flow.app import app
+from vox_flow.audit.log import AuditLog
 from vox_flow.config import Settings
 from vox_flow.contracts.audit import AuditEntry
-from vox_flow.control.audit import AuditLog
-from vox_flow.schedules import Auditor, trigger
 from vox_flow.schedules.loader import load_dir
-from vox_flow.schedules.operations import TRIGGER, schedule_effects
 from vox_flow.schedules.store import ScheduleStore
 from vox_flow.store import open_store
 

@@ -9,11 +9,11 @@ import pytest
 
 from tests.integration.test_audit_concurrency import pg_schema_url
 from tests.unit.conftest_store import fill
-from vox_flow.contracts.audit import OpEvent, OpKind
-from vox_flow.control.audit import AuditLog, verify_inclusion_proof
-from vox_flow.control.keys import Signer
-from vox_flow.control.oplog import NewOp, OpLog
-from vox_flow.control.verify import verify_store
+from vox_flow.audit.keys import Signer
+from vox_flow.audit.log import AuditLog, verify_inclusion_proof
+from vox_flow.audit.verify import verify_store
+from vox_flow.contracts.oplog import OpEvent, OpKind
+from vox_flow.oplog.log import NewOp, OpLog
 from vox_flow.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]

@@ -15,7 +15,7 @@ from tests.integration.test_recovery import wait_for
 from tests.integration.workers import EventLog, recorded_attempts
 from vox_flow.app import app
 from vox_flow.errors import PayloadError
-from vox_flow.execution import decode_result
+from vox_flow.results import decode_result
 from vox_flow.submit import submit, submit_many
 
 

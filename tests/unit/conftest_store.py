@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from vox_flow.control.actions import Action, Effects, perform_many
-from vox_flow.control.audit import AuditLog
-from vox_flow.control.keys import Signer, signature_ok
+from vox_flow.actions.perform import Action, Effects, perform_many
+from vox_flow.audit.keys import Signer, signature_ok
+from vox_flow.audit.log import AuditLog
 from vox_flow.store import Store
 
 NOTE = "test.note"

@@ -9,8 +9,7 @@ import pytest
 from sqlalchemy import Connection, select
 
 from tests.unit.conftest_store import sqlite_store
-from vox_flow.contracts.audit import AuditEntry
-from vox_flow.control.actions import (
+from vox_flow.actions.perform import (
     Action,
     EffectFailed,
     Effects,
@@ -19,9 +18,10 @@ from vox_flow.control.actions import (
     perform_many,
     resume_pending,
 )
-from vox_flow.control.audit import AuditLog
-from vox_flow.control.keys import Signer
-from vox_flow.control.verify import verify_store
+from vox_flow.audit.keys import Signer
+from vox_flow.audit.log import AuditLog
+from vox_flow.audit.verify import verify_store
+from vox_flow.contracts.audit import AuditEntry
 from vox_flow.store import Store
 from vox_flow.store.rows import OutboxRow
 
@@ -135,7 +135,7 @@ def test_an_action_name_takes_one_effect() -> None:
 
 
 def test_registries_combine_and_refuse_a_second_effect_for_one_action() -> None:
-    from vox_flow.control.actions import Effects
+    from vox_flow.actions.perform import Effects
 
     first, second = Effects(), Effects()
     first.outside("a.one")(lambda entry: None)

@@ -15,14 +15,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.conftest_store import NOTE, fill, memo_signature_check, note_effects, sqlite_store
+from vox_flow.actions.perform import perform
+from vox_flow.audit.body import body_of, entry_body
+from vox_flow.audit.keys import Signer, signature_ok
+from vox_flow.audit.log import AuditError, AuditLog, verify_inclusion_proof
+from vox_flow.audit.merkle import ProofError
+from vox_flow.audit.verify import _Checker, verify_entries, verify_store
 from vox_flow.cli import main
 from vox_flow.contracts.audit import AuditEntry, Checkpoint, PublicKey
-from vox_flow.control.actions import perform
-from vox_flow.control.audit import AuditError, AuditLog, verify_inclusion_proof
-from vox_flow.control.entry import body_of, entry_body
-from vox_flow.control.keys import Signer, signature_ok
-from vox_flow.control.merkle import ProofError
-from vox_flow.control.verify import _Checker, verify_entries, verify_store
 from vox_flow.store import Store
 
 N = 10_000
@@ -146,7 +146,7 @@ def test_inclusion_and_consistency_proofs_from_the_store(tmp_path: Path) -> None
         verify_inclusion_proof(wrong, root)
     cp = audit.checkpoint(_registered(audit, SIGNER))
     fill(store, SIGNER, 20)
-    from vox_flow.control.audit import verify_consistency_proof
+    from vox_flow.audit.log import verify_consistency_proof
 
     proof = audit.consistency_proof(cp.size, 57)
     verify_consistency_proof(proof, cp.root_hash, audit.head().root_hash)
@@ -248,8 +248,8 @@ def test_parallel_verify_of_a_sound_log(chunked_db: Path, tmp_path: Path) -> Non
 
 # Run apart: this test process may hold threads of its own (earlier tests', telemetry's).
 _POOL_KIND = """
-from vox_flow.control.keys import signature_ok
-from vox_flow.control.verify import _Checker
+from vox_flow.audit.keys import signature_ok
+from vox_flow.audit.verify import _Checker
 import threading
 assert threading.active_count() == 1
 pool = _Checker({}, signature_ok, 2)._start()
@@ -346,7 +346,7 @@ def test_cli_verify_export_and_checkpoint(
 def test_unknown_action_writes_nothing(tmp_path: Path) -> None:
     store = sqlite_store(tmp_path)
     AuditLog(store).register(SIGNER)
-    from vox_flow.control.actions import UnknownAction
+    from vox_flow.actions.perform import UnknownAction
 
     with pytest.raises(UnknownAction):
         perform(store, SIGNER, note_effects(), actor="a", action="nope", target="t", reason="r")

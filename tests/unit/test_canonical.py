@@ -11,14 +11,14 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vox_flow.control.canonical import canonical
-from vox_flow.control.entry import (
+from vox_flow.audit.body import (
     entry_body,
     entry_body_reference,
     time_text,
     us_time_text,
     us_to_datetime,
 )
+from vox_flow.audit.canonical import canonical
 
 _text = st.text(st.characters(exclude_categories=["Cs"]))
 _json = st.recursive(

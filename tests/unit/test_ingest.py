@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vox_flow.contracts.audit import OpEvent
-from vox_flow.control.ingest import EventMapper
+from vox_flow.contracts.oplog import OpEvent
+from vox_flow.oplog.ingest import EventMapper
 
 
 def test_a_silent_node_leaves_after_the_offline_bound() -> None:

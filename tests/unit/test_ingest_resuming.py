@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from vox_flow.contracts.audit import NodeState, OpEvent, StateAt
-from vox_flow.control.ingest import EventMapper
+from vox_flow.contracts.oplog import NodeState, OpEvent, StateAt
+from vox_flow.oplog.ingest import EventMapper
 
 T = datetime(2030, 1, 1, tzinfo=UTC)
 

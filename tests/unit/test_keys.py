@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vox_flow.control.keys import KeyFileError, key_path, load_or_create, signature_ok
+from vox_flow.audit.keys import KeyFileError, key_path, load_or_create, signature_ok
 
 
 def test_key_is_created_private_and_reloaded(tmp_path: Path) -> None:

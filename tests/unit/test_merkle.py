@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vox_flow.control import merkle
+from vox_flow.audit import merkle
 
 LEAVES = [bytes.fromhex(h) for h in
           ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",

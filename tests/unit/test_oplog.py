@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.conftest_store import sqlite_store
-from vox_flow.contracts.audit import OpEvent, OpKind
-from vox_flow.control.entry import datetime_to_us
-from vox_flow.control.oplog import (
+from vox_flow.audit.body import datetime_to_us
+from vox_flow.contracts.oplog import OpEvent, OpKind
+from vox_flow.oplog.log import (
     NODE_STATUS,
     TASK_STATUS,
     FencedOut,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vox_flow.runslot import Run, RunSlot
+from vox_flow.worker.runslot import Run, RunSlot
 
 
 def test_writer_and_reader_see_the_same_run(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ EXPECTED = {
     "unknown_task.toml": (
         "no-such-task",
         "task",
-        "no typed task named 'workers.sample.count_letters'; known: ...",
+        "no typed task named 'sample.count_letters'; known: ...",
     ),
     "bad_payload.toml": ("bad-payload", "payload.text", "Field required"),
     "unknown_field.toml": ("extra-field", "overlapp", "unknown field"),
@@ -103,12 +103,12 @@ def test_the_shipped_examples_load() -> None:
 def test_overlap_policies_need_task_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workers.sample import count_words
+    from vox_flow.examples.sample import count_words
 
     path = tmp_path / "fire_and_forget.toml"
     path.write_text(
         '[[schedule]]\nname = "nightly"\ncron = "@daily"\ntimezone = "UTC"\n'
-        'task = "workers.sample.count_words"\noverlap = "skip"\n'
+        'task = "sample.count_words"\noverlap = "skip"\n'
         'payload = { name = "n", text = "t" }\n'
     )
     assert [s.name for s in load_file(app, path)] == ["nightly"]  # results are on

@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import Connection, event
 
 from tests.unit.conftest_store import NOTE, note_effects
+from vox_flow.actions.perform import perform
+from vox_flow.audit.keys import Signer
+from vox_flow.audit.log import AuditLog
 from vox_flow.contracts.audit import AuditEntry
-from vox_flow.control.actions import perform
-from vox_flow.control.audit import AuditLog
-from vox_flow.control.keys import Signer
 from vox_flow.store import Store
 from vox_flow.store import engine as engine_module
 

@@ -13,10 +13,12 @@ import os
 import signal
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from vox_flow.broker.server import Fsync, RedisServer, embedded_binary
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 BROKER_DIR = "broker"
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from vox_flow.cli import audit, beat, control, dev, dlq, schedules, store, worker
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _COMMANDS = (worker, dev, dlq, beat, schedules, control, audit, store)
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from vox_flow.audit import export
+from vox_flow.audit.body import datetime_to_us
+from vox_flow.audit.keys import CONTROL_KEY, key_path, load_or_create
+from vox_flow.audit.log import AuditLog
+from vox_flow.audit.verify import verify_checkpoint, verify_export, verify_store
 from vox_flow.config import load_settings
-from vox_flow.contracts.audit import VerifyReport
-from vox_flow.control import export
-from vox_flow.control.audit import AuditLog
-from vox_flow.control.entry import datetime_to_us
-from vox_flow.control.keys import CONTROL_KEY, key_path, load_or_create
-from vox_flow.control.verify import verify_checkpoint, verify_store
 from vox_flow.store import open_store
+
+if TYPE_CHECKING:
+    import argparse
+
+    from vox_flow.contracts.audit import VerifyReport
 
 
 def register(sub: Any) -> None:
@@ -75,7 +78,7 @@ def _verify(args: argparse.Namespace) -> int:
         if args.keys is None:
             raise SystemExit("vox-flow audit verify --export needs --keys FILE")
         keys = export.read_keys(args.keys)
-        return _report(export.verify_export(args.export, keys, checkpoints), args.json)
+        return _report(verify_export(args.export, keys, checkpoints), args.json)
     store = open_store(load_settings())
     return _report(verify_store(store, checkpoints=checkpoints), args.json)
 

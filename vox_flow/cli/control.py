@@ -3,11 +3,13 @@ periodic signed checkpoints) until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
-from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
+    from types import FrameType
 
 
 def register(sub: Any) -> None:
@@ -25,9 +27,11 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vox_flow import telemetry
     from vox_flow.app import app
     from vox_flow.control.service import ControlService
 
+    telemetry.init(app.settings)  # an entry point: the one place this process starts it
     logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s %(name)s] %(message)s")
     service = ControlService(app)
 

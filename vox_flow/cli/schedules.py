@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
 import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
+    import argparse
+
+    from vox_flow.application import VoxFlow
     from vox_flow.schedules.loader import Loaded
 
 
@@ -77,8 +78,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _operate(args: argparse.Namespace, what: str) -> int:
-    from vox_flow.control.actions import Auditor
-    from vox_flow.schedules import operations
+    from vox_flow.actions import schedules as operations
+    from vox_flow.actions.perform import Auditor
+    from vox_flow.schedules.operations import UnknownSchedule
 
     app, loaded = _load()
     actor = args.actor or getpass.getuser()
@@ -92,7 +94,7 @@ def _operate(args: argparse.Namespace, what: str) -> int:
             return 0
         operate = operations.pause if what == "pause" else operations.resume
         entry = operate(app, loaded, args.name, auditor=auditor, actor=actor, reason=args.reason)
-    except operations.UnknownSchedule as exc:
+    except UnknownSchedule as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vox_flow.config import load_settings
 from vox_flow.store import open_store
 from vox_flow.store.retention import prune
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def register(sub: Any) -> None:
@@ -24,10 +26,10 @@ def register(sub: Any) -> None:
 def _prune_dead_letters(days: int) -> int:
     """Dead letters live in the broker, not the store; their rule is applied here too."""
     from vox_flow.app import app
-    from vox_flow.deadletter import DeadLetterStore
+    from vox_flow.deadletters.store import DeadLetterStore
 
     cutoff = datetime.now(UTC) - timedelta(days=days)
-    return DeadLetterStore(app).prune(cutoff)
+    return DeadLetterStore(app.redis).prune(cutoff)
 
 
 def _migrate(args: argparse.Namespace) -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def register(sub: Any) -> None:
@@ -27,7 +29,7 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from vox_flow.app import app
-    from vox_flow.supervisor import Supervisor
+    from vox_flow.worker.supervisor import Supervisor
 
     processes = args.processes or app.settings.worker_processes
     if processes < 1:

@@ -6,15 +6,18 @@ Each sub-module lists its wire models in ``WIRE``; ``wire_types()`` gathers them
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import TYPE_CHECKING
 
-from vox_flow.contracts import audit, schedule, task
+from vox_flow.contracts import audit, oplog, schedule, task
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 
 def wire_types() -> dict[str, type[BaseModel]]:
     """Every wire model by its schema name, in a stable order."""
     models: dict[str, type[BaseModel]] = {}
-    for module in (task, schedule, audit):
+    for module in (task, schedule, audit, oplog):
         for model in module.WIRE:
             models[model.__name__] = model
     return dict(sorted(models.items()))

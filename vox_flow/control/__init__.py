@@ -1,1 +1,1 @@
-"""The control service's parts: the signed audit log, its actions seam, and the op-log."""
+"""The control service (`vox-flow control`): replicas under a leader lock, and their duties."""

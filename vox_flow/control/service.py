@@ -8,7 +8,7 @@ until it takes the leader lock (vox_flow/leader.py, keys ``vf:control:leader`` a
    an earlier leader that wakes up from a pause can no longer add ops;
 2. runs again every outside effect a crash left pending in the audit outbox;
 3. seeds its event mapper from the op-log, so nodes already joined are not joined again;
-4. turns Celery's events into op-log ops (:func:`vox_flow.control.ingest.ingest`), every
+4. turns Celery's events into op-log ops (:func:`vox_flow.oplog.ingest.ingest`), every
    write carrying its token, and renews the lock at each of the ingest loop's flushes;
 5. signs a checkpoint of the audit log every ``control_checkpoint_seconds`` when it grew.
 
@@ -37,36 +37,29 @@ import redis
 from kombu.exceptions import OperationalError
 from sqlalchemy import func, select
 
-from vox_flow.contracts.audit import Checkpoint
-from vox_flow.control.actions import Effects, Resumed, resume_pending
-from vox_flow.control.audit import AuditLog
-from vox_flow.control.ingest import EventMapper, ingest
-from vox_flow.control.keys import CONTROL_KEY, key_path, load_or_create
-from vox_flow.control.oplog import FencedOut, OpLog
+from vox_flow.actions import registry
+from vox_flow.actions.perform import Resumed, resume_pending
+from vox_flow.audit.keys import CONTROL_KEY, key_path, load_or_create
+from vox_flow.audit.log import AuditLog
+from vox_flow.keyspace import CONTROL_FENCE, CONTROL_LEADER
 from vox_flow.leader import LeaderLock
+from vox_flow.oplog.ingest import EventMapper, ingest
+from vox_flow.oplog.log import FencedOut, OpLog
 from vox_flow.store import Store, open_store
 from vox_flow.store.rows import CheckpointRow
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
+    from vox_flow.application import VoxFlow
+    from vox_flow.contracts.audit import Checkpoint
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = "vf:control:leader"
-FENCE_KEY = "vf:control:fence"
+LOCK_KEY, FENCE_KEY = CONTROL_LEADER, CONTROL_FENCE
 
 _RECONNECT_FIRST, _RECONNECT_MAX = 0.5, 30.0
 # A standby tries the lock this many times per TTL: a leader that died is replaced within
 # the time its lock had left plus one poll, for one cheap Redis call per poll.
 STANDBY_POLLS_PER_TTL = 10
-
-
-def known_effects(app: VoxFlow) -> Effects:
-    """Every effect an operator action can leave pending: dead letters, schedules."""
-    from vox_flow.deadletter import deadletter_effects
-    from vox_flow.schedules.operations import schedule_effects
-
-    return Effects().include(deadletter_effects(app)).include(schedule_effects(app))
 
 
 class ControlService:
@@ -99,7 +92,7 @@ class ControlService:
 
     def resume(self) -> Resumed:
         """Run every outside effect left pending in the outbox (by a crash or a failure)."""
-        resumed = resume_pending(self.store, known_effects(self.app))
+        resumed = resume_pending(self.store, registry.effects(self.app))
         if resumed.done:
             log.info("outbox: finished the effects of audit entries %s", resumed.done)
         for seq, error in resumed.failed.items():

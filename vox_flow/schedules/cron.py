@@ -14,11 +14,14 @@ Every instant returned is strictly increasing, so a fire time is a stable identi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # A schedule whose expression matches nothing for this long is treated as finished.
 _HORIZON = timedelta(days=366 * 5)
@@ -129,3 +132,13 @@ class Cron:
                 break
             out.append(when)
         return out
+
+
+def utc_now() -> datetime:
+    """The wall clock, as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def fire_key(name: str, fire: datetime) -> str:
+    """The idempotency key of one fire: schedule name and fire time (UTC, ISO 8601)."""
+    return f"schedule:{name}:{fire.astimezone(UTC).isoformat()}"

@@ -8,14 +8,16 @@ that was paused past its TTL and woke up cannot write, nor enqueue.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-
-import redis
+from typing import TYPE_CHECKING
 
 from vox_flow import leader
+from vox_flow.keyspace import SCHED_FENCE as FENCE_KEY
+from vox_flow.keyspace import SCHED_LEADER as LOCK_KEY
 
-LOCK_KEY = "vf:sched:leader"
-FENCE_KEY = "vf:sched:fence"
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import redis
 
 
 class LeaderLock(leader.LeaderLock):

@@ -3,7 +3,7 @@
     [[schedule]]
     name = "count-words"
     cron = "*/5 * * * *"
-    task = "workers.sample.count_words"
+    task = "sample.count_words"
     payload = { name = "doc", text = "a b c" }
 
 JSON files hold ``{"schedule": [{...}, ...]}``. A file is loaded whole or not at all: any
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -27,7 +26,9 @@ from vox_flow.errors import PayloadError, UnknownTask, VoxFlowError
 from vox_flow.tasks import lookup
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
+    from pathlib import Path
+
+    from vox_flow.application import VoxFlow
 
 SUFFIXES = (".toml", ".json")
 

@@ -10,10 +10,13 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from vox_flow.contracts.schedule import MissedRunPolicy, OverlapPolicy, ScheduleDefinition
-from vox_flow.schedules.cron import Cron
+
+if TYPE_CHECKING:
+    from vox_flow.schedules.cron import Cron
 
 # An every-second schedule has 3,600 on-time fires an hour; a plan never lists more.
 _ON_TIME_LIMIT = 10_000

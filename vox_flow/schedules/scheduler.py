@@ -12,7 +12,8 @@ from typing import Any
 
 from celery import beat
 
-from vox_flow.app import VoxFlow
+from vox_flow import telemetry
+from vox_flow.application import VoxFlow
 from vox_flow.schedules.loader import Loaded, load_dir
 from vox_flow.schedules.timetable import Timetable
 
@@ -33,7 +34,9 @@ class VoxScheduler(beat.Scheduler):
         return load_dir(self.vox, self.vox.settings.schedules_dir)
 
     def setup_schedule(self) -> None:
-        """Load the schedule files (bad files are logged and left out)."""
+        """Load the schedule files (bad files are logged and left out); beat is an entry
+        point, so it starts telemetry here."""
+        telemetry.init(self.vox.settings)
         self.timetable = Timetable(self.vox, self._load())
 
     def tick(self, *args: Any, **kwargs: Any) -> float:

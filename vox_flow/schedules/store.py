@@ -12,17 +12,18 @@ enqueues nothing if the first one got through.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Literal
-
-import redis
+from typing import TYPE_CHECKING, Literal
 
 from vox_flow.contracts.schedule import ScheduleState
-from vox_flow.schedules.leader import FENCE_KEY
+from vox_flow.keyspace import SCHED_FENCE as FENCE_KEY
+from vox_flow.keyspace import SCHED_GENERATION as GENERATION_KEY
+from vox_flow.keyspace import SCHED_STATE as PREFIX
 
-PREFIX = "vf:sched:s:"
-GENERATION_KEY = "vf:sched:generation"
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    import redis
 
 ClaimMode = Literal["fire", "skip", "buffer", "release"]
 ClaimResult = Literal["ok", "fenced", "done", "paused", "skipped", "buffered"]

@@ -12,7 +12,7 @@ import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -21,29 +21,20 @@ from vox_flow.contracts.schedule import OverlapPolicy, ScheduleDefinition
 from vox_flow.contracts.task import TaskStatus
 from vox_flow.errors import VoxFlowError
 from vox_flow.schedules import policy
-from vox_flow.schedules.cron import Cron
+from vox_flow.schedules.cron import Cron, fire_key, utc_now
 from vox_flow.schedules.leader import LeaderLock
-from vox_flow.schedules.loader import Loaded
 from vox_flow.schedules.store import ClaimMode, ScheduleStore
-from vox_flow.submit import TaskHandle, submit
+from vox_flow.submit import submit
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
+    from vox_flow.application import VoxFlow
+    from vox_flow.handle import TaskHandle
+    from vox_flow.schedules.loader import Loaded
 
 log = logging.getLogger("vox_flow.schedules")
 
 Clock = Callable[[], datetime]
 _FINISHED = {TaskStatus.SUCCESS.value, TaskStatus.FAILURE.value, TaskStatus.REVOKED.value}
-
-
-def utc_now() -> datetime:
-    """The wall clock, as an aware UTC datetime."""
-    return datetime.now(UTC)
-
-
-def fire_key(name: str, fire: datetime) -> str:
-    """The idempotency key of one fire: schedule name and fire time (UTC, ISO 8601)."""
-    return f"schedule:{name}:{fire.astimezone(UTC).isoformat()}"
 
 
 @dataclass

@@ -17,11 +17,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, func, select, update
 
-from vox_flow.config import Settings
-from vox_flow.control import merkle
+from vox_flow.audit import merkle
 from vox_flow.store.engine import Store, now_us
 from vox_flow.store.rows import (
     AuditEntryRow,
@@ -30,6 +30,9 @@ from vox_flow.store.rows import (
     OpSnapshotRow,
     OutboxRow,
 )
+
+if TYPE_CHECKING:
+    from vox_flow.config import Settings
 
 _DAY_US = 86_400 * 1_000_000
 

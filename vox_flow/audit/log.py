@@ -7,28 +7,19 @@ the new head and any periodic checkpoint commit in one transaction, so a crash l
 the whole append or none of it.
 
 There is no update or delete path, and appending is not public: entries are written by
-:func:`vox_flow.control.actions.perform`, together with the action they record.
+:func:`vox_flow.actions.perform.perform`, together with the action they record.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, insert, select
 
-from vox_flow.contracts.audit import (
-    AuditEntry,
-    Checkpoint,
-    ConsistencyProof,
-    InclusionProof,
-    PublicKey,
-)
-from vox_flow.control import merkle
-from vox_flow.control.canonical import canonical
-from vox_flow.control.entry import (
+from vox_flow.audit import merkle
+from vox_flow.audit.body import (
     GENESIS,
     body_text,
     checkpoint_body,
@@ -37,9 +28,21 @@ from vox_flow.control.entry import (
     us_time_text,
     us_to_datetime,
 )
-from vox_flow.control.keys import Signer
+from vox_flow.audit.canonical import canonical
+from vox_flow.contracts.audit import (
+    AuditEntry,
+    Checkpoint,
+    ConsistencyProof,
+    InclusionProof,
+    PublicKey,
+)
 from vox_flow.store import Store, driver_sql, now_us, raw_cursor
 from vox_flow.store.rows import AuditEntryRow, AuditHeadRow, AuditKeyRow, CheckpointRow
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+    from vox_flow.audit.keys import Signer
 
 
 class AuditError(RuntimeError):
@@ -177,7 +180,7 @@ def append_entries(
     """Sequence, hash, sign and insert ``drafts`` in the caller's write transaction.
 
     Writes a signed checkpoint whenever the size crosses a multiple of ``checkpoint_every``.
-    Only :mod:`vox_flow.control.actions` calls this: an entry always comes with its action.
+    Only :mod:`vox_flow.actions.perform` calls this: an entry always comes with its action.
     """
     cursor = raw_cursor(conn)
     head = _lock_head_for(conn, cursor, signer)

@@ -20,16 +20,18 @@ stays in the ops. That keeps snapshots as large as the work in flight, not the h
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
-
-from vox_flow.contracts.audit import NodeState, Op, OpEvent, OpKind, StateAt, TaskState
-from vox_flow.control.entry import datetime_to_us, us_to_datetime
+from vox_flow.audit.body import datetime_to_us, us_to_datetime
+from vox_flow.contracts.oplog import NodeState, Op, OpEvent, OpKind, StateAt, TaskState
 from vox_flow.store import Store, driver_sql, now_us, raw_cursor
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+    from datetime import datetime
+
+    from sqlalchemy import Connection
 
 E = OpEvent
 TASK_STATUS: dict[OpEvent, str] = {

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from vox_flow.contracts.audit import AuditEntry, Checkpoint, PublicKey, VerifyReport
-from vox_flow.control.entry import GENESIS
-from vox_flow.control.verify import verify_entries
+from vox_flow.contracts.audit import AuditEntry, Checkpoint, PublicKey
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from pathlib import Path
 
 
 def write_entries(entries: Iterable[AuditEntry], out: TextIO) -> int:
@@ -47,27 +47,3 @@ def write_checkpoint(checkpoint: Checkpoint, path: Path) -> None:
 def read_checkpoint(path: Path) -> Checkpoint:
     """The checkpoint in a checkpoint file."""
     return Checkpoint.model_validate_json(path.read_text())
-
-
-def verify_export(
-    path: Path, keys: list[PublicKey], checkpoints: list[Checkpoint] | None = None
-) -> VerifyReport:
-    """Verify an export offline. An export starting past entry 1 is anchored on its first
-    entry's ``prev_hash``; it then has no Merkle root, and checkpoints are checked by
-    their head hash."""
-    entries = read_entries(path)
-    first = next(entries, None)
-    if first is None:
-        return verify_entries([], keys, checkpoints=checkpoints or ())
-
-    def chained() -> Iterator[AuditEntry]:
-        yield first
-        yield from entries
-
-    return verify_entries(
-        chained(),
-        keys,
-        first_seq=first.seq,
-        prev_hash=GENESIS if first.seq == 1 else first.prev_hash,
-        checkpoints=checkpoints or (),
-    )

@@ -8,7 +8,10 @@ The verification functions follow RFC 9162 §2.1.3.2 and §2.1.4.2 step by step.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()

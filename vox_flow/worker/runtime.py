@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from vox_flow.idempotency import IdempotencyStore
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
+    from collections.abc import Iterator
+
+    from vox_flow.application import VoxFlow
 
 _held: dict[str, str] = {}  # idempotency key -> token of the run holding its claim
 _lock = threading.Lock()

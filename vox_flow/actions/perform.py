@@ -12,27 +12,31 @@ up by action name in an :class:`Effects` registry:
   idempotent (running one twice must equal running it once).
 
 There is no other way to append an entry, and an action name with no registered effect is
-refused, so nothing is recorded that was not done and nothing is done unrecorded.
+refused, so nothing is recorded that was not done and nothing is done unrecorded. An effect may
+return a value (a replay's new task id, the ids a purge deleted): :func:`perform_many` hands
+them back by entry seq. ``registry.py`` assembles the one registry of every action.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, insert, select, update
 
-from vox_flow.config import Settings
+from vox_flow.audit.keys import Signer, key_path, load_or_create
+from vox_flow.audit.log import AuditError, AuditLog, Draft, append_entries, entry_from_row
 from vox_flow.contracts.audit import AuditEntry
-from vox_flow.control.audit import AuditError, AuditLog, Draft, append_entries, entry_from_row
-from vox_flow.control.keys import Signer, key_path, load_or_create
 from vox_flow.store import Store, now_us, open_store
 from vox_flow.store.rows import AuditEntryRow, AuditKeyRow, OutboxRow
 
-StoreEffect = Callable[[Connection, AuditEntry], None]
-OutsideEffect = Callable[[AuditEntry], None]
-_F = TypeVar("_F", bound=Callable[..., None])
+if TYPE_CHECKING:
+    from vox_flow.config import Settings
+
+StoreEffect = Callable[[Connection, AuditEntry], Any]
+OutsideEffect = Callable[[AuditEntry], Any]
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 KEY_RETIRE = "key.retire"
 _PENDING, _DONE = "pending", "done"
@@ -149,21 +153,28 @@ def perform(
     target: str,
     reason: str,
     payload: Mapping[str, Any] | None = None,
+    results: dict[int, Any] | None = None,
 ) -> AuditEntry:
     """Do ``action`` and append its signed entry, atomically or through the outbox.
 
-    Returns the committed entry. Raises :class:`UnknownAction` (nothing written) for an
+    Returns the committed entry; ``results``, when given, receives what the effect returned
+    (by entry seq). Raises :class:`UnknownAction` (nothing written) for an
     unregistered action, re-raises an in-store effect's error (nothing written), and raises
     :class:`EffectFailed` when an outside effect fails (entry kept, outbox row pending).
     """
     request = Action(actor, action, target, reason, payload or {})
-    return perform_many(store, signer, effects, [request])[0]
+    return perform_many(store, signer, effects, [request], results)[0]
 
 
 def perform_many(
-    store: Store, signer: Signer, effects: Effects, actions: Sequence[Action]
+    store: Store,
+    signer: Signer,
+    effects: Effects,
+    actions: Sequence[Action],
+    results: dict[int, Any] | None = None,
 ) -> list[AuditEntry]:
     """:func:`perform` for several actions with one transaction and one commit."""
+    results = {} if results is None else results
     for request in actions:
         if not (effects.store_effect(request.action) or effects.outside_effect(request.action)):
             raise UnknownAction(f"no effect is registered for action {request.action!r}")
@@ -178,7 +189,7 @@ def perform_many(
         for entry in entries:
             in_store = effects.store_effect(entry.action)
             if in_store is not None:
-                in_store(conn, entry)
+                results[entry.seq] = in_store(conn, entry)
             else:
                 outside.append(entry)
         if outside:
@@ -198,11 +209,16 @@ def perform_many(
                 ],
             )
     if outside:
-        _run_outside(store, effects, outside)
+        _run_outside(store, effects, outside, results)
     return entries
 
 
-def _run_outside(store: Store, effects: Effects, entries: Sequence[AuditEntry]) -> None:
+def _run_outside(
+    store: Store,
+    effects: Effects,
+    entries: Sequence[AuditEntry],
+    results: dict[int, Any] | None = None,
+) -> None:
     """Run ``entries``' outside effects in order, up to the first that fails, then record
     in one commit which are done (and the failure). Raises :class:`EffectFailed` for it;
     the entries after it stay pending, not run."""
@@ -213,11 +229,13 @@ def _run_outside(store: Store, effects: Effects, entries: Sequence[AuditEntry]) 
         try:
             if effect is None:
                 raise UnknownAction(f"no outside effect is registered for {entry.action!r}")
-            effect(entry)
+            outcome = effect(entry)
         except Exception as caught:
             error = caught
             break
         ran.append(entry.seq)
+        if results is not None:
+            results[entry.seq] = outcome
     # Not a durable commit: lost to a power cut, the rows stay pending and the (idempotent)
     # effects run again on resume.
     with store.write() as conn:

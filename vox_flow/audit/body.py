@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vox_flow.contracts.audit import AuditEntry, Checkpoint
-from vox_flow.control.canonical import canonical
+from vox_flow.audit.canonical import canonical
+
+if TYPE_CHECKING:
+    from vox_flow.contracts.audit import AuditEntry, Checkpoint
 
 GENESIS = "0" * 64  # prev_hash of entry 1, and head hash of an empty log
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

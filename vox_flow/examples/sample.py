@@ -31,13 +31,15 @@ class Total(BaseModel):
     words: int
 
 
-@typed_task(app, retry=RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=5))
+@typed_task(
+    app, name="sample.count_words", retry=RetryPolicy(max_attempts=3, base_delay=0.5, max_delay=5)
+)
 def count_words(doc: Document) -> WordCount:
     """How many whitespace-separated words a document has."""
     return WordCount(name=doc.name, words=len(doc.text.split()))
 
 
-@typed_task(app)
+@typed_task(app, name="sample.total")
 def total(counts: WordCounts) -> Total:
     """Sum the counts of a fan-out."""
     return Total(documents=len(counts.counts), words=sum(c.words for c in counts.counts))

@@ -28,21 +28,19 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection
-
-from vox_flow.contracts.audit import (
-    AuditEntry,
-    AuditProblem,
-    Checkpoint,
-    PublicKey,
-    VerifyReport,
-)
-from vox_flow.control import merkle
-from vox_flow.control.audit import read_checkpoints, read_head, read_keys
-from vox_flow.control.entry import GENESIS, body_text, checkpoint_body, time_text, us_time_text
-from vox_flow.control.keys import signature_ok
+from vox_flow.audit import export, merkle
+from vox_flow.audit.body import GENESIS, body_text, checkpoint_body, time_text, us_time_text
+from vox_flow.audit.keys import signature_ok
+from vox_flow.audit.log import read_checkpoints, read_head, read_keys
+from vox_flow.contracts.audit import AuditEntry, AuditProblem, Checkpoint, PublicKey, VerifyReport
 from vox_flow.store import Store, raw_cursor
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from sqlalchemy import Connection
 
 SignatureCheck = Callable[[bytes, bytes, str], bool]
 _CHUNK = 1024
@@ -385,3 +383,27 @@ def verify_store(
             workers=workers,
             check_signature=signature_ok,
         )
+
+
+def verify_export(
+    path: Path, keys: list[PublicKey], checkpoints: list[Checkpoint] | None = None
+) -> VerifyReport:
+    """Verify an export offline. An export starting past entry 1 is anchored on its first
+    entry's ``prev_hash``; it then has no Merkle root, and checkpoints are checked by
+    their head hash."""
+    entries = export.read_entries(path)
+    first = next(entries, None)
+    if first is None:
+        return verify_entries([], keys, checkpoints=checkpoints or ())
+
+    def chained() -> Iterator[AuditEntry]:
+        yield first
+        yield from entries
+
+    return verify_entries(
+        chained(),
+        keys,
+        first_seq=first.seq,
+        prev_hash=GENESIS if first.seq == 1 else first.prev_hash,
+        checkpoints=checkpoints or (),
+    )

@@ -2,42 +2,29 @@
 
 A dead letter's id is its task's id, so a worker that writes the same dead letter twice (it died
 after writing, before acknowledging) leaves one entry. Each entry is a Redis hash: the
-immutable ``entry`` JSON plus its replay state; ``vf:dlq:index`` orders them by time.
-
-Replay is a small state machine (dead -> replaying -> replayed) whose first step also fixes the
-new task id and payload. A replay interrupted after that step is finished by the next call with
-the same task id, and the run carries an idempotency key, so replaying twice runs the task once.
+immutable ``entry`` JSON plus its replay state; ``vf:dlq:index`` orders them by time. This
+module is the only writer of that format (replay.py moves an entry through its states with
+:meth:`DeadLetterStore.begin_replay` and :meth:`DeadLetterStore.mark_replayed`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import uuid
-from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from vox_flow.contracts.task import DeadLetter, DeadLetterState
 from vox_flow.errors import VoxFlowError
+from vox_flow.keyspace import DLQ_ENTRY as _ENTRY
+from vox_flow.keyspace import DLQ_INDEX as _INDEX
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
-    from vox_flow.contracts.audit import AuditEntry
-    from vox_flow.control.actions import Effects
-    from vox_flow.submit import TaskHandle
+    import builtins
+    from collections.abc import Callable, Iterator
 
-# The operator actions on dead letters, as named in audit entries.
-REPLAY, PURGE = "deadletter.replay", "deadletter.purge"
+    import redis
 
-_ENTRY = "vf:dlq:"
-_INDEX = INDEX_KEY = "vf:dlq:index"
-
-
-def entry_key(letter_id: str) -> str:
-    return _ENTRY + letter_id
+INDEX_KEY = _INDEX
 
 
 # KEYS: entry hash. ARGV: task id, payload json, now.
@@ -69,9 +56,8 @@ def _now() -> datetime:
 class DeadLetterStore:
     """Dead letters in the broker's Redis."""
 
-    def __init__(self, app: VoxFlow) -> None:
-        self.app = app
-        self.client: redis.Redis = app.redis
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
         self._begin_replay = self.client.register_script(_BEGIN_REPLAY_LUA)
 
     def add(self, letter: DeadLetter, pipe: redis.client.Pipeline | None = None) -> None:
@@ -109,42 +95,28 @@ class DeadLetterStore:
         """How many dead letters there are."""
         return int(self.client.zcard(_INDEX))
 
-    def replay(
-        self, letter_id: str, payload: Mapping[str, Any] | None = None
-    ) -> tuple[TaskHandle[Any], bool]:
-        """Enqueue the task again (with an edited payload if given).
+    def begin_replay(self, letter_id: str, task_id: str, payload_json: str) -> tuple[str, str, str]:
+        """Move ``letter_id`` from dead to replaying, fixing the new run's id and payload.
 
-        The edited payload is validated first: an invalid one raises PayloadError and changes
-        nothing. Returns the handle and whether this call started the replay (False: it had
-        been replayed, or started, before; the same task id is used).
+        Returns ``(state, task id, payload json)``: state ``started`` when this call moved
+        it (with the given id and payload), else the state it was in and the id and payload
+        fixed by the call that started it. Raises DeadLetterNotFound.
         """
-        from vox_flow.submit import publish
-        from vox_flow.tasks import lookup
-
-        letter = self.get(letter_id)
-        typed = lookup(self.app, letter.task_name)
-        model = typed.validate(letter.payload if payload is None else payload)
         replies: list[bytes] = self._begin_replay(
-            keys=[_ENTRY + letter_id],
-            args=[str(uuid.uuid4()), model.model_dump_json(), _now().isoformat()],
+            keys=[_ENTRY + letter_id], args=[task_id, payload_json, _now().isoformat()]
         )
-        state, task_id, payload_json = (part.decode() for part in replies)
+        state, run_id, fixed_payload = (part.decode() for part in replies)
         if state == "missing":
             raise DeadLetterNotFound(letter_id)
-        if state != DeadLetterState.REPLAYED.value:
-            # 'started', or a replay a crash left half-done: (re)publish the same run. The key
-            # makes a second publish of it harmless.
-            handle = publish(
-                typed,
-                typed.validate(json.loads(payload_json)),
-                task_id=task_id,
-                effect_key=letter.idempotency_key or f"dlq:{letter.id}",
-            )
-            self.client.hset(_ENTRY + letter_id, "state", DeadLetterState.REPLAYED.value)
-            return handle, state == "started"
-        from vox_flow.submit import TaskHandle
+        return state, run_id, fixed_payload
 
-        return TaskHandle(self.app, task_id, typed.output_model), False
+    def mark_replayed(self, letter_id: str) -> None:
+        """The replay's run is enqueued: the letter is replayed for good."""
+        self.client.hset(_ENTRY + letter_id, "state", DeadLetterState.REPLAYED.value)
+
+    def ids(self) -> builtins.list[str]:
+        """Every dead letter's id there is now, oldest first."""
+        return [raw.decode() for raw in self.client.zrange(_INDEX, 0, -1)]  # type: ignore[union-attr]
 
     def purge(self, letter_id: str) -> None:
         """Delete one dead letter (atomically: the entry and its index row go together)."""
@@ -201,36 +173,3 @@ class DeadLetterStore:
             data["replayed_task_id"] = raw[b"replayed_task_id"].decode()
             data["replayed_at"] = raw[b"replayed_at"].decode()
         return DeadLetter.model_validate(data)
-
-
-def deadletter_effects(app: VoxFlow, outcomes: dict[int, Any] | None = None) -> Effects:
-    """The outside effects of the dead-letter actions, each idempotent (the outbox needs it).
-
-    ``outcomes``, when given, receives each effect's result by audit entry seq: for a replay
-    ``(task id, started)`` or None when the dead letter was gone; for a purge the ids deleted.
-    """
-    from vox_flow.control.actions import Effects  # lazily: workers never need the store
-
-    effects = Effects()
-    store = DeadLetterStore(app)
-    sink: dict[int, Any] = {} if outcomes is None else outcomes
-
-    @effects.outside(REPLAY)
-    def _replay(entry: AuditEntry) -> None:
-        try:
-            handle, started = store.replay(entry.target, entry.payload_data().get("payload"))
-        except DeadLetterNotFound:
-            sink[entry.seq] = None  # purged since: nothing left to replay
-        else:
-            sink[entry.seq] = (handle.id, started)
-
-    @effects.outside(PURGE)
-    def _purge(entry: AuditEntry) -> None:
-        deleted = []
-        for letter_id in entry.payload_data()["ids"]:
-            with contextlib.suppress(DeadLetterNotFound):
-                store.purge(letter_id)
-                deleted.append(letter_id)
-        sink[entry.seq] = deleted
-
-    return effects

@@ -1,7 +1,9 @@
-"""vox_flow's hooks into a Celery app, installed in one place.
+"""The worker side of an app, attached in one place by ``create_app``.
 
 ``install`` gives ``celery -A vox_flow.app worker`` and ``vox-flow worker`` the same behaviour:
-telemetry, the lease bootstep, and (for a supervised child) the run-slot hooks.
+typed tasks run through :func:`vox_flow.worker.execution.execute`; a worker process starts
+telemetry (an entry point: nothing else does), runs the lease keeper, and (for a supervised
+child) keeps its run slot. Nothing here runs until a worker starts.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import click
 from celery import bootsteps, signals
 
 from vox_flow import telemetry
-from vox_flow.lease import LeaseStep
-from vox_flow.runslot import SlotWriter
+from vox_flow.worker.execution import VoxTask, execute
+from vox_flow.worker.lease import LeaseStep
+from vox_flow.worker.runslot import SlotWriter
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
+    from vox_flow.application import VoxFlow
 
 
 class WorkerHooks:
@@ -69,9 +72,20 @@ class RunSlotStep(bootsteps.Step):
             RunSlotHooks(writer, float(app.conf.task_time_limit or 0)).connect()
 
 
+class TelemetryStep(bootsteps.Step):
+    """Worker bootstep: the worker process is an entry point, so it starts telemetry (before
+    a prefork pool forks, so every child inherits it)."""
+
+    def __init__(self, worker: Any, **options: Any) -> None:
+        super().__init__(worker, **options)
+        telemetry.init(worker.app.settings)
+
+
 def install(app: VoxFlow) -> None:
-    """Attach vox_flow's telemetry, worker options and bootsteps to ``app``."""
-    telemetry.init(app.settings)
+    """Make ``app`` run typed tasks, and attach vox_flow's worker options and bootsteps."""
+    app.typed_task_base = VoxTask
+    app.run_typed = execute
+    app.steps["worker"].add(TelemetryStep)
     app.user_options["worker"].add(
         click.Option(["--vf-run-slot"], default=None, help="Internal: set by vox-flow worker.")
     )

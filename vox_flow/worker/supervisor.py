@@ -29,16 +29,17 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
-from vox_flow.lostrun import settle
-from vox_flow.runslot import Run, RunSlot
+from vox_flow.worker.runslot import Run, RunSlot
+from vox_flow.worker.settle import settle
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
+    from types import FrameType
 
-log = logging.getLogger("vox_flow.supervisor")
+    from vox_flow.application import VoxFlow
+
+log = logging.getLogger("vox_flow.worker.supervisor")
 
 _POLL = 0.1
 

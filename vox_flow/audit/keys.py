@@ -12,11 +12,14 @@ import os
 import stat
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nacl.bindings
 import nacl.exceptions
 import nacl.signing
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CONTROL_KEY = "control"
 

@@ -17,13 +17,11 @@ Pro's super_fetch, which sends a job recovered three times to its morgue).
 
 from __future__ import annotations
 
-import base64
 import json
-from bisect import bisect
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from vox_flow.attempts import attempts_key
+from vox_flow._celery.layout import decode_payload, layout
 from vox_flow.contracts.task import (
     HEADER_ATTEMPT,
     HEADER_KEY,
@@ -33,16 +31,11 @@ from vox_flow.contracts.task import (
     DeadLetter,
     DeadLetterReason,
 )
-from vox_flow.deadletter import INDEX_KEY, entry_key
+from vox_flow.errors import DeadLettered
+from vox_flow.keyspace import DLQ_INDEX, attempts, dlq_entry
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
-
-# kombu's Redis transport keeps reserved messages here (its default key names).
-UNACKED = "unacked"
-UNACKED_INDEX = "unacked_index"
-_PRIORITY_STEPS = [0, 3, 6, 9]  # kombu's default priority_steps
-_PRIORITY_SEP = "\x06\x16"
+    from vox_flow.application import VoxFlow
 
 # KEYS: unacked, unacked_index, queue, attempts, dlq entry, dlq index.
 # ARGV: tag, expected raw, requeue json|'', attempt json|'', attempts ttl, dlq json|'',
@@ -68,22 +61,6 @@ return 1
 Outcome = Literal["requeued", "dead_lettered", "gone"]
 
 
-def queue_key(routing_key: str, priority: int | None) -> str:
-    """The Redis list kombu uses for ``routing_key`` at ``priority`` (kombu's own rule)."""
-    step = _PRIORITY_STEPS[bisect(_PRIORITY_STEPS, priority or 0) - 1]
-    return routing_key if step == 0 else f"{routing_key}{_PRIORITY_SEP}{step}"
-
-
-def decode_payload(message: dict[str, Any]) -> dict[str, Any]:
-    """The typed payload inside a raw kombu message (protocol 2, JSON, base64 body)."""
-    body = message["body"]
-    if message.get("properties", {}).get("body_encoding") == "base64":
-        body = base64.b64decode(body)
-    args = json.loads(body)[0]
-    payload = args[0] if args else {}
-    return payload if isinstance(payload, dict) else {"value": payload}
-
-
 def settle(
     app: VoxFlow,
     delivery_tag: str,
@@ -103,7 +80,8 @@ def settle(
     only held, given back by a supervisor that knows which run killed the child.
     """
     client = app.redis
-    raw = client.hget(UNACKED, delivery_tag)
+    where = layout(app)
+    raw = client.hget(where.unacked, delivery_tag)
     if raw is None:
         return "gone"  # acknowledged, or taken back by someone else already
     message, exchange, routing_key = json.loads(raw)
@@ -160,12 +138,12 @@ def settle(
     moved = client.eval(
         _SETTLE_LUA,
         6,
-        UNACKED,
-        UNACKED_INDEX,
-        queue_key(routing_key, message.get("properties", {}).get("priority")),
-        attempts_key(task_id),
-        entry_key(task_id),
-        INDEX_KEY,
+        where.unacked,
+        where.unacked_index,
+        where.queue(routing_key, message.get("properties", {}).get("priority")),
+        attempts(task_id),
+        dlq_entry(task_id),
+        DLQ_INDEX,
         delivery_tag,
         raw,
         requeue_json,
@@ -178,8 +156,6 @@ def settle(
     if not moved:
         return "gone"
     if letter_json:
-        from vox_flow.errors import DeadLettered
-
         exc = DeadLettered(task_id, error_type, error_message)
         try:
             app.backend.mark_as_failure(task_id, exc)
@@ -212,7 +188,7 @@ def _letter(
     trace id is the one the message carries (nobody ran it in a span to read it from)."""
     headers = message["headers"]
     earlier = [
-        Attempt.model_validate_json(item) for item in app.redis.lrange(attempts_key(task_id), 0, -1)
+        Attempt.model_validate_json(item) for item in app.redis.lrange(attempts(task_id), 0, -1)
     ]
     return DeadLetter(
         id=task_id,
@@ -234,9 +210,9 @@ def _letter(
 def expired(app: VoxFlow, older_than: float, limit: int = 100) -> list[str]:
     """Delivery tags whose lease was last renewed before the UNIX time ``older_than``."""
     tags: list[bytes] = app.redis.zrangebyscore(  # type: ignore[assignment]
-        UNACKED_INDEX, "-inf", older_than, start=0, num=limit
+        layout(app).unacked_index, "-inf", older_than, start=0, num=limit
     )
     return [tag.decode() for tag in tags]
 
 
-__all__ = ["Outcome", "decode_payload", "expired", "queue_key", "settle"]
+__all__ = ["Outcome", "expired", "settle"]

@@ -5,7 +5,7 @@ hour by default), and a short timeout makes long tasks run twice. vox_flow inste
 score kombu gives each reserved message in ``unacked_index`` (the time it was reserved) as a
 lease: every live worker renews the leases of the messages it holds every
 ``lease_renew_seconds``, and every worker takes back messages whose lease is older than
-``lease_seconds`` (lostrun.settle). A worker that dies stops renewing, so its messages are back
+``lease_seconds`` (settle.py). A worker that dies stops renewing, so its messages are back
 on their queues at most ``lease_seconds + reaper_interval_seconds`` after its death (35 s with
 the defaults), however long its tasks run.
 
@@ -13,7 +13,7 @@ Limits: node clocks must agree within a few seconds (scores are wall-clock times
 writes them); a worker frozen for longer than ``lease_seconds`` (SIGSTOP, swap storm) loses its
 messages to others, so they may run twice — delivery is at-least-once, effects are once per
 idempotency key. A message taken back ``lease_takeback_limit`` times is dead-lettered
-(lostrun.settle), so a task that takes its whole host down does not loop forever.
+(settle.py), so a task that takes its whole host down does not loop forever.
 """
 
 from __future__ import annotations
@@ -21,15 +21,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 
-from vox_flow.lostrun import UNACKED_INDEX, expired, settle
+from vox_flow._celery.delivered import delivered, tags
+from vox_flow._celery.layout import layout
+from vox_flow.worker.settle import expired, settle
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
+    from collections.abc import Callable, Iterable
+
+    from vox_flow.application import VoxFlow
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +56,11 @@ class LeaseKeeper:
 
     def renew(self) -> int:
         """Push the lease of every message this worker holds to now; returns how many."""
-        for _ in range(3):
-            try:
-                tags = list(self.held())
-                break
-            except RuntimeError:  # the dict changed while we copied it; copy again
-                continue
-        else:
-            return 0
+        tags = list(self.held())
         if tags:
             now = time.time()
             # XX: never resurrect a tag that was acknowledged meanwhile.
-            self.app.redis.zadd(UNACKED_INDEX, dict.fromkeys(tags, now), xx=True)
+            self.app.redis.zadd(layout(self.app).unacked_index, dict.fromkeys(tags, now), xx=True)
         return len(tags)
 
     def reap(self) -> int:
@@ -106,12 +102,11 @@ class LeaseStep(bootsteps.StartStopStep):
         self.keeper: LeaseKeeper | None = None
 
     def start(self, parent: Any) -> None:
-        qos = parent.task_consumer.channel.qos
-        # kombu's QoS keeps every delivered, unacknowledged message in ``_delivered``.
-        self.keeper = LeaseKeeper(parent.app, lambda: list(qos._delivered))
+        held = delivered(parent)
+        self.keeper = LeaseKeeper(parent.app, lambda: tags(held))
         writer = getattr(parent.app, "slot_writer", None)
         if writer is not None:
-            writer.held = qos._delivered  # a supervised child also reports what it holds
+            writer.held = held  # a supervised child also reports what it holds
         self.keeper.start()
 
     def stop(self, parent: Any) -> None:

@@ -1,24 +1,21 @@
 """How a typed task runs in a worker: validate, claim its key, run, retry or dead-letter.
 
 Attempts are numbered by the ``vf_attempt`` message header, which vox_flow raises on every
-retry and on every run lost to a dead worker (lostrun.py), so the count survives redelivery.
+retry and on every run lost to a dead worker (settle.py), so the count survives redelivery.
 """
 
 from __future__ import annotations
 
-import json
 import traceback
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from billiard.einfo import ExceptionInfo
-from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Task
 from celery.exceptions import Retry
-from celery.worker.request import Request
 from pydantic import ValidationError
 
+from vox_flow._celery.request import LostRun, LostRunRequest
 from vox_flow.attempts import AttemptLog
 from vox_flow.contracts.task import (
     HEADER_ATTEMPT,
@@ -28,74 +25,40 @@ from vox_flow.contracts.task import (
     DeadLetter,
     DeadLetterReason,
 )
-from vox_flow.deadletter import DeadLetterStore
+from vox_flow.deadletters.store import DeadLetterStore
 from vox_flow.errors import DeadLettered, PayloadError
 from vox_flow.idempotency import IdempotencyStore
-from vox_flow.lostrun import settle
-from vox_flow.runstate import running
+from vox_flow.results import encode_result, unwrap
 from vox_flow.telemetry import current_trace_id
+from vox_flow.worker.runtime import running
+from vox_flow.worker.settle import settle
 
 if TYPE_CHECKING:
-    from vox_flow.app import VoxFlow
+    from vox_flow.application import VoxFlow
     from vox_flow.tasks import TypedTask
-
-# A typed task returns its result as JSON text: {"vf": 1, "output": ..., "trace_id": ...}.
-# Text, not a dict, because Celery walks a returned dict with saferepr for every
-# task-succeeded event; that walk was the largest cost a typed task added to a no-op run.
-RESULT_PREFIX = '{"vf": 1, '
-
-
-def decode_result(value: Any) -> dict[str, Any] | None:
-    """The envelope of a typed task's stored result, or None if ``value`` is not one."""
-    if isinstance(value, str) and value.startswith(RESULT_PREFIX):
-        envelope: dict[str, Any] = json.loads(value)
-        return envelope
-    return None
-
-
-class VoxRequest(Request):
-    """Celery's request, with runs lost to a dead child or a hard time limit counted."""
-
-    def _lose(self, error_type: str, message: str) -> bool:
-        app: VoxFlow = self.task.app  # type: ignore[assignment]  # always a VoxFlow here
-        if self.task.name not in app.typed:
-            return False
-        settle(
-            app,
-            self.message.delivery_tag,
-            lost=True,
-            error_type=error_type,
-            error_message=message,
-            node=self.hostname or app.settings.node_id,
-            started_at=datetime.fromtimestamp(self.time_start, UTC) if self.time_start else None,
-        )
-        self.acknowledge()  # the transaction above already took it out of 'unacked'
-        return True
-
-    def on_failure(
-        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
-    ) -> None:
-        exc = exc_info.exception
-        exc = getattr(exc, "exc", exc)  # billiard wraps it in ExceptionWithTraceback
-        if isinstance(exc, WorkerLostError) and self._lose("WorkerLostError", str(exc)):
-            return
-        if isinstance(exc, TimeLimitExceeded) and self._lose(
-            "TimeLimitExceeded", f"hard time limit ({exc.args[0] if exc.args else '?'}s)"
-        ):
-            return
-        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-
-    def on_timeout(self, soft: bool, timeout: float) -> None:
-        if not soft and self._lose("TimeLimitExceeded", f"hard time limit ({timeout}s)"):
-            return
-        super().on_timeout(soft, timeout)
 
 
 class VoxTask(Task):  # type: ignore[type-arg]
     """Base of every typed task's Celery task."""
 
-    Request = VoxRequest  # type: ignore[assignment]  # Celery accepts the class itself
+    Request = LostRunRequest  # type: ignore[assignment]  # Celery accepts the class itself
     typing = False  # the payload is checked by pydantic, not by Celery's signature check
+
+    def run_lost(self, lost: LostRun) -> bool:
+        """Settle a run Celery saw die: requeued with its attempt counted, or dead-lettered."""
+        app: VoxFlow = self.app  # type: ignore[assignment]  # always a VoxFlow here
+        if lost.task_name not in app.typed:
+            return False
+        settle(
+            app,
+            lost.delivery_tag,
+            lost=True,
+            error_type=lost.error_type,
+            error_message=lost.error_message,
+            node=lost.hostname or app.settings.node_id,
+            started_at=lost.started_at,
+        )
+        return True
 
 
 class Runtime:
@@ -105,7 +68,7 @@ class Runtime:
         self.app = app
         self.attempts = AttemptLog(app.redis, app.settings.attempts_ttl_seconds)
         self.idempotency = IdempotencyStore(app.redis, app.settings.idempotency_ttl_seconds)
-        self.dead_letters = DeadLetterStore(app)
+        self.dead_letters = DeadLetterStore(app.redis)
 
     @classmethod
     def of(cls, app: VoxFlow) -> Runtime:
@@ -114,16 +77,6 @@ class Runtime:
             runtime = cls(app)
             app._vf_runtime = runtime  # type: ignore[attr-defined]
         return runtime
-
-
-def unwrap(payload: Any) -> Any:
-    """A previous step's stored result as a plain payload (workflows pass results on)."""
-    envelope = decode_result(payload)
-    if envelope is not None:
-        return envelope["output"]
-    if isinstance(payload, list):
-        return [unwrap(item) for item in payload]
-    return payload
 
 
 def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
@@ -224,9 +177,7 @@ def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
             )
             dead_letter(reason, exc, AttemptOutcome.FAILED)
 
-    result = (
-        f'{RESULT_PREFIX}"output": {output.model_dump_json()}, "trace_id": {json.dumps(trace_id)}}}'
-    )
+    result = encode_result(output, trace_id)
     attempt(AttemptOutcome.SUCCEEDED, soon=True)
     if key is not None:
         runtime.idempotency.complete(key, token, result)

@@ -21,17 +21,19 @@ loop asks, at each periodic flush, whether it still leads; a mapper seeded from 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery import Celery
+from vox_flow.contracts.oplog import OpEvent, OpKind, StateAt
+from vox_flow.oplog.log import NODE_STATUS, FencedOut, NewOp, OpLog
 
-from vox_flow.contracts.audit import OpEvent, OpKind, StateAt
-from vox_flow.control.oplog import NODE_STATUS, FencedOut, NewOp, OpLog
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable, Mapping
+
+    from celery import Celery
 
 TASK_EVENTS: dict[str, OpEvent] = {
     "task-sent": OpEvent.SUBMITTED,

@@ -14,8 +14,10 @@ import json
 import mmap
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SIZE = 64 * 1024
 _HEADER = struct.Struct("<QI")  # sequence, payload length

@@ -1,0 +1,13 @@
+"""The only code in vox_flow that touches Celery's or kombu's internals.
+
+Each assumption lives in one module here, with a unit test and a version gate
+(``versions.check_transport``, called when an app is created):
+
+* ``capture``: a message built exactly as ``apply_async`` builds it, and the one Redis command
+  kombu would run to send it, taken from kombu's publish-batch hook (kombu >= 5.7) unsent;
+* ``layout``: where kombu's Redis transport keeps queues and reserved messages, read from a
+  live channel (so ``broker_transport_options`` such as ``global_keyprefix`` are honoured);
+* ``delivered``: what a worker's consumer holds (kombu's ``QoS._delivered``);
+* ``request``: Celery's worker ``Request``, told when a run is lost to a dead child or a hard
+  time limit.
+"""

@@ -1,0 +1,1 @@
+"""The signed audit log: append, canonical bodies, Merkle trees, keys, verify, export."""

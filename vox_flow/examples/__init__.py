@@ -1,0 +1,1 @@
+"""Example task modules shipped in the wheel (the sample `vox-flow dev` runs)."""

@@ -1,0 +1,54 @@
+"""Every Redis key, prefix and channel vox_flow owns, in one table.
+
+All of them live in the broker's Redis under ``vf:``; kombu's own keys (queues, ``unacked``)
+are kombu's and are read from its channel (``vox_flow._celery.layout``). A module that writes
+a format owns its key here and is its only writer.
+"""
+
+from __future__ import annotations
+
+# --- idempotency (idempotency.py; the submit key is written by submit's enqueue script)
+IDEM_SUBMIT = "vf:idem:submit:"  # + key -> "task id trace id" of the first run
+IDEM_DONE = "vf:idem:done:"  # + key -> the completed run's result
+IDEM_CLAIM = "vf:idem:claim:"  # + key -> token of the run holding the claim (a lease)
+
+# --- attempts (attempts.py)
+ATTEMPTS = "vf:attempts:"  # + task id -> list of Attempt JSON
+
+# --- dead letters (deadletters/store.py)
+DLQ_ENTRY = "vf:dlq:"  # + letter id -> hash {entry, state, replayed_task_id, ...}
+DLQ_INDEX = "vf:dlq:index"  # zset letter id -> dead_at
+
+# --- leader locks and fencing counters (leader.py)
+SCHED_LEADER = "vf:sched:leader"
+SCHED_FENCE = "vf:sched:fence"
+CONTROL_LEADER = "vf:control:leader"
+CONTROL_FENCE = "vf:control:fence"
+
+# --- schedules (schedules/store.py)
+SCHED_STATE = "vf:sched:s:"  # + schedule name -> hash of its state
+SCHED_GENERATION = "vf:sched:generation"  # bumped by `vox-flow schedules reload`
+
+
+def idem_submit(key: str) -> str:
+    return IDEM_SUBMIT + key
+
+
+def idem_done(key: str) -> str:
+    return IDEM_DONE + key
+
+
+def idem_claim(key: str) -> str:
+    return IDEM_CLAIM + key
+
+
+def attempts(task_id: str) -> str:
+    return ATTEMPTS + task_id
+
+
+def dlq_entry(letter_id: str) -> str:
+    return DLQ_ENTRY + letter_id
+
+
+def sched_state(name: str) -> str:
+    return SCHED_STATE + name
