@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from celery import Celery
 
-from vox_flow.config import load_settings
+from vox_flow.app import app as vox_app
 
-app = Celery("raw", broker=load_settings().broker_url, set_as_current=False)
+# vox_flow's broker: configured by the benchmark in its own process, read from the
+# environment in the worker subprocesses.
+app = Celery("raw", broker=vox_app.conf.broker_url, set_as_current=False)
 app.conf.update(
     task_serializer="json",
     accept_content=["json"],

@@ -180,12 +180,13 @@ def lateness(url: str, work: Path, seconds: float) -> dict[str, Any]:
 
 
 def tick_cost(url: str, seconds: float) -> dict[str, Any]:
-    os.environ["VOX_FLOW_BROKER_URL"] = url
-    os.environ["VOX_FLOW_TASK_MODULES"] = TASKS
     sys.path.insert(0, str(ROOT))
     import importlib
 
-    from vox_flow.app import app
+    from vox_flow.app import configure
+    from vox_flow.config import Settings
+
+    app = configure(Settings(broker_url=url, task_modules=[TASKS]))
     from vox_flow.contracts.schedule import ScheduleDefinition
     from vox_flow.schedules.loader import Loaded
     from vox_flow.schedules.timetable import Timetable

@@ -36,7 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vox_flow.app import configure  # noqa: E402
 from vox_flow.broker.server import RedisServer  # noqa: E402
+from vox_flow.config import Settings  # noqa: E402
 
 GO = "bench.go"  # the one queue the workers consume; filled by RENAME
 
@@ -242,9 +244,9 @@ def main() -> int:
     args = parser.parse_args()
     server = RedisServer(Path(tempfile.mkdtemp(prefix="bench-redis-")), appendonly=False)
     server.start()
-    os.environ["VOX_FLOW_BROKER_URL"] = server.url  # before vox_flow.app is imported
-    os.environ["VOX_FLOW_TASK_MODULES"] = "bench.tasks"
-    os.environ["VOX_FLOW_IGNORE_RESULTS"] = "true"
+    # This process's app, from explicit settings (its worker subprocesses get the same ones
+    # in their environment: Bench.env).
+    configure(Settings(broker_url=server.url, task_modules=["bench.tasks"], ignore_results=True))
     began = time.monotonic()
     try:
         bench = Bench(server.url, args.quick)

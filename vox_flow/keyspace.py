@@ -7,6 +7,9 @@ a format owns its key here and is its only writer.
 
 from __future__ import annotations
 
+# --- task queues (kombu's lists, named by vox_flow: tasks.py)
+QUEUE_PREFIX = "vf."  # + task name -> the task's own queue (kombu adds priority suffixes)
+
 # --- idempotency (idempotency.py; the submit key is written by submit's enqueue script)
 IDEM_SUBMIT = "vf:idem:submit:"  # + key -> "task id trace id" of the first run
 IDEM_DONE = "vf:idem:done:"  # + key -> the completed run's result

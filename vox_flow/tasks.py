@@ -18,6 +18,7 @@ from kombu import Queue
 from pydantic import BaseModel, ValidationError
 
 from vox_flow.errors import PayloadError, UnknownTask
+from vox_flow.keyspace import QUEUE_PREFIX
 from vox_flow.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def typed_task(
     def register(fn: Callable[[In], Out]) -> TypedTask[In, Out]:
         input_model, output_model = _models(fn)
         task_name = name or f"{fn.__module__}.{fn.__qualname__}"
-        task_queue = queue or f"vf.{task_name}"
+        task_queue = queue or QUEUE_PREFIX + task_name
         if task_name in app.typed:
             raise ValueError(f"a typed task named {task_name!r} is already registered")
         app.amqp.queues.select_add(Queue(task_queue))  # a worker consumes every kind's queue
