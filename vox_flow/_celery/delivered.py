@@ -2,7 +2,10 @@
 
 kombu's virtual transport keeps every message it delivered and that is not yet acknowledged in
 ``QoS._delivered`` (delivery tag -> message), on the task consumer's channel. The lease keeper
-renews exactly those, and a supervised child reports them in its run slot.
+renews those, and a supervised child reports them in its run slot. An acknowledged message
+leaves ``unacked`` on the server at once but stays in ``_delivered`` until kombu's next
+delivery flushes it: whoever uses these tags must not bring such a tag back (the lease keeper
+renews with ``ZADD XX``; a take-back of it finds nothing).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class RedisLayout:
     @classmethod
     def of_channel(cls, channel: Any) -> RedisLayout:
         """The layout a kombu Redis channel uses."""
-        prefix = str(getattr(channel, "global_keyprefix", "") or "")
+        prefix = str(channel.global_keyprefix or "")
         return cls(
             prefix=prefix,
             unacked=prefix + str(channel.unacked_key),
