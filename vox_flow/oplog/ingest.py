@@ -13,9 +13,10 @@ So one subscription is kept for the life of :func:`ingest`, idle or not (Celery'
 What is still lost: events sent before the subscription is live (``ready``), and those sent
 while a lost broker connection is being re-established by the caller.
 
-Run by a control-service leader (service.py), every write carries its fencing token and the
-loop asks, at each periodic flush, whether it still leads; a mapper seeded from the op-log
-(:meth:`EventMapper.resuming`) does not join again the nodes an earlier leader joined.
+Run by a control-service leader (the ingest duty, vox_flow/control/duties.py), every write
+carries its fencing token and the loop asks, at each periodic flush, whether it still leads
+(a cheap check: the service keeps the lock from another thread); a mapper seeded from the
+op-log (:meth:`EventMapper.resuming`) does not join again the nodes an earlier leader joined.
 """
 
 from __future__ import annotations
@@ -151,7 +152,9 @@ def ingest(
     ``fence``: the caller's fencing token, carried by every write; when a newer leader has
     claimed the op-log, the write raises :class:`FencedOut` and the buffered ops are dropped
     (the newer leader records those sent once it listens). ``leading`` is called at every
-    periodic flush: once it returns False, the loop writes what it buffered and returns.
+    periodic flush, so it should not wait on the network (the control service passes
+    :meth:`LeaderLock.leading`): once it returns False, the loop writes what it buffered (the
+    fence refuses it if a newer leader has claimed the op-log) and returns.
     """
     mapper = mapper or EventMapper()
     buffer: list[NewOp] = []
