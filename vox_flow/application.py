@@ -40,8 +40,6 @@ class VoxFlow(Celery):
         # definitions (a record) never import the code that runs them.
         self.typed_task_base: type[Task] = Task  # type: ignore[type-arg]
         self.run_typed: RunTyped = _not_wired
-        # Set in a `vox-flow worker` child by its run-slot bootstep (worker/install.py).
-        self.slot_writer: Any = None
         self._redis: redis.Redis | None = None
         self._redis_pid = 0
 

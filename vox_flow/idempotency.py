@@ -1,9 +1,9 @@
 """Idempotency keys in workers: one completed effect per key (submit.py dedups enqueues).
 
 Delivery is at-least-once. A run of a keyed task first *claims* its key; a claim is a short
-lease renewed while the run is alive (lease.py), so a dead run's claim lapses within one lease.
-A completed run stores its result under the key; any later delivery with that key returns the
-stored result without running the function again.
+lease renewed while the run is alive (by its app's worker runtime, worker/runtime.py), so a
+dead run's claim lapses within one lease. A completed run stores its result under the key;
+any later delivery with that key returns the stored result without running the function again.
 """
 
 from __future__ import annotations

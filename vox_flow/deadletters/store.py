@@ -3,8 +3,11 @@
 A dead letter's id is its task's id, so a worker that writes the same dead letter twice (it died
 after writing, before acknowledging) leaves one entry. Each entry is a Redis hash: the
 immutable ``entry`` JSON plus its replay state; ``vf:dlq:index`` orders them by time. This
-module is the only writer of that format (replay.py moves an entry through its states with
-:meth:`DeadLetterStore.begin_replay` and :meth:`DeadLetterStore.mark_replayed`).
+module is the only writer of that format: :meth:`DeadLetterStore.writes` is the one definition
+of a new entry (``add`` sends it; the settle step, worker/settle.py, runs it inside its
+compare-and-move script), replay.py moves an entry through its states with
+:meth:`DeadLetterStore.begin_replay` and :meth:`DeadLetterStore.mark_replayed`, and
+:func:`build_letter` is the one place a ``DeadLetter`` is made.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from vox_flow.contracts.task import DeadLetter, DeadLetterState
+from vox_flow.contracts.task import Attempt, DeadLetter, DeadLetterReason, DeadLetterState
 from vox_flow.errors import VoxFlowError
 from vox_flow.keyspace import DLQ_ENTRY as _ENTRY
 from vox_flow.keyspace import DLQ_INDEX as _INDEX
@@ -53,6 +56,45 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def build_letter(
+    *,
+    task_id: str,
+    task_name: str,
+    queue: str,
+    payload: Any,
+    reason: DeadLetterReason,
+    error_type: str,
+    error_message: str,
+    attempts: builtins.list[Attempt],
+    node: str,
+    trace_id: str | None,
+    idempotency_key: str | None,
+    traceback: str | None = None,
+    dead_at: datetime | None = None,
+) -> DeadLetter:
+    """The dead letter of task ``task_id``.
+
+    Its id is the task's id, so writing it twice leaves one entry; a payload that is not a
+    JSON object is kept as ``{"value": payload}``; ``dead_at`` defaults to now.
+    """
+    return DeadLetter(
+        id=task_id,
+        task_id=task_id,
+        task_name=task_name,
+        queue=queue,
+        payload=payload if isinstance(payload, dict) else {"value": payload},
+        reason=reason,
+        error_type=error_type,
+        error_message=error_message,
+        traceback=traceback,
+        attempts=attempts,
+        node=node,
+        trace_id=trace_id,
+        idempotency_key=idempotency_key,
+        dead_at=dead_at or _now(),
+    )
+
+
 class DeadLetterStore:
     """Dead letters in the broker's Redis."""
 
@@ -60,13 +102,22 @@ class DeadLetterStore:
         self.client = client
         self._begin_replay = self.client.register_script(_BEGIN_REPLAY_LUA)
 
+    @staticmethod
+    def writes(letter: DeadLetter) -> builtins.list[tuple[str, ...]]:
+        """The Redis commands (name, key, arguments…) that store ``letter``: set-if-absent,
+        so running them again for the same id changes nothing."""
+        key = _ENTRY + letter.id
+        return [
+            ("HSETNX", key, "entry", letter.model_dump_json()),
+            ("HSETNX", key, "state", DeadLetterState.DEAD.value),
+            ("ZADD", _INDEX, "NX", repr(letter.dead_at.timestamp()), letter.id),
+        ]
+
     def add(self, letter: DeadLetter, pipe: redis.client.Pipeline | None = None) -> None:
         """Store a dead letter (once: a second add of the same id changes nothing)."""
         target = pipe if pipe is not None else self.client.pipeline()
-        key = _ENTRY + letter.id
-        target.hsetnx(key, "entry", letter.model_dump_json())
-        target.hsetnx(key, "state", DeadLetterState.DEAD.value)
-        target.zadd(_INDEX, {letter.id: letter.dead_at.timestamp()}, nx=True)
+        for command in self.writes(letter):
+            target.execute_command(*command)  # type: ignore[no-untyped-call]
         if pipe is None:
             target.execute()
 

@@ -16,21 +16,18 @@ from celery.exceptions import Retry
 from pydantic import ValidationError
 
 from vox_flow._celery.request import LostRun, LostRunRequest
-from vox_flow.attempts import AttemptLog
 from vox_flow.contracts.task import (
     HEADER_ATTEMPT,
     HEADER_KEY,
     Attempt,
     AttemptOutcome,
-    DeadLetter,
     DeadLetterReason,
 )
-from vox_flow.deadletters.store import DeadLetterStore
+from vox_flow.deadletters.store import build_letter
 from vox_flow.errors import DeadLettered, PayloadError
-from vox_flow.idempotency import IdempotencyStore
 from vox_flow.results import encode_result, unwrap
 from vox_flow.telemetry import current_trace_id
-from vox_flow.worker.runtime import running
+from vox_flow.worker.runtime import WorkerRuntime
 from vox_flow.worker.settle import settle
 
 if TYPE_CHECKING:
@@ -61,27 +58,10 @@ class VoxTask(Task):  # type: ignore[type-arg]
         return True
 
 
-class Runtime:
-    """Per-process helpers for running tasks (Redis stores built once per process)."""
-
-    def __init__(self, app: VoxFlow) -> None:
-        self.app = app
-        self.attempts = AttemptLog(app.redis, app.settings.attempts_ttl_seconds)
-        self.idempotency = IdempotencyStore(app.redis, app.settings.idempotency_ttl_seconds)
-        self.dead_letters = DeadLetterStore(app.redis)
-
-    @classmethod
-    def of(cls, app: VoxFlow) -> Runtime:
-        runtime: Runtime | None = getattr(app, "_vf_runtime", None)
-        if runtime is None or runtime.app.redis is not runtime.attempts.client:
-            runtime = cls(app)
-            app._vf_runtime = runtime  # type: ignore[attr-defined]
-        return runtime
-
-
 def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
     """Run one attempt of ``typed`` for the current Celery request."""
-    runtime = Runtime.of(typed.app)
+    runtime = WorkerRuntime.of(typed.app)
+    runtime.start()  # its keeper writes the buffered attempt records (record_soon)
     request = task.request
     task_id: str = request.id or ""
     headers: dict[str, Any] = dict(request.headers or {})
@@ -116,12 +96,11 @@ def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
 
     def dead_letter(reason: DeadLetterReason, exc: BaseException, outcome: AttemptOutcome) -> None:
         attempt(outcome, exc)
-        letter = DeadLetter(
-            id=request.id,
-            task_id=request.id,
+        letter = build_letter(
+            task_id=task_id,
             task_name=typed.name,
             queue=typed.queue,
-            payload=payload if isinstance(payload, dict) else {"value": payload},
+            payload=payload,
             reason=reason,
             error_type=type(exc).__name__,
             error_message=str(exc),
@@ -130,7 +109,6 @@ def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
             node=node,
             trace_id=trace_id,
             idempotency_key=key,
-            dead_at=datetime.now(UTC),
         )
         runtime.dead_letters.add(letter)
         raise DeadLettered(letter.id, letter.error_type, letter.error_message) from exc
@@ -152,7 +130,7 @@ def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
             # Another delivery of this key is running; look again once its lease could lapse.
             raise task.retry(countdown=typed.app.settings.lease_seconds / 2, headers=headers)
 
-    with running(typed.app, key, token):
+    with runtime.running(key, token):
         try:
             output = typed.fn(model)
             if not isinstance(output, typed.output_model):

@@ -2,8 +2,9 @@
 
 ``install`` gives ``celery -A vox_flow.app worker`` and ``vox-flow worker`` the same behaviour:
 typed tasks run through :func:`vox_flow.worker.execution.execute`; a worker process starts
-telemetry (an entry point: nothing else does), runs the lease keeper, and (for a supervised
-child) keeps its run slot. Nothing here runs until a worker starts.
+telemetry (an entry point: nothing else does), attaches its consumer's messages to the
+worker runtime (whose keeper renews their leases), and (for a supervised child) keeps its run
+slot. Nothing here runs until a worker starts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from celery import bootsteps, signals
 from vox_flow import telemetry
 from vox_flow.worker.execution import VoxTask, execute
 from vox_flow.worker.lease import LeaseStep
-from vox_flow.worker.runslot import SlotWriter
+from vox_flow.worker.runtime import WorkerRuntime
 
 if TYPE_CHECKING:
     from vox_flow.application import VoxFlow
@@ -45,19 +46,22 @@ class WorkerHooks:
 
 
 class RunSlotHooks(WorkerHooks):
-    """Keeps a supervised child's run slot current (see runslot.py)."""
+    """Keeps a supervised child's run slot current (see runslot.py), for its app's tasks."""
 
-    def __init__(self, writer: SlotWriter, default_limit: float) -> None:
-        self.writer = writer
+    def __init__(self, runtime: WorkerRuntime, default_limit: float) -> None:
+        self.runtime = runtime
         self.default_limit = default_limit
 
     def on_task_prerun(self, task: Any, task_id: str) -> None:
+        if task.app is not self.runtime.app:
+            return
         request = task.request
         hard = (request.timelimit or (None, None))[0] or task.time_limit or self.default_limit
-        self.writer.started(task_id, task.name, time.time(), float(hard))
+        self.runtime.run_started(task_id, task.name, time.time(), float(hard))
 
     def on_task_postrun(self, task: Any, task_id: str) -> None:
-        self.writer.finished()
+        if task.app is self.runtime.app:
+            self.runtime.run_finished()
 
 
 class RunSlotStep(bootsteps.Step):
@@ -67,9 +71,9 @@ class RunSlotStep(bootsteps.Step):
         super().__init__(worker, **options)
         if vf_run_slot:
             app: VoxFlow = worker.app
-            writer = SlotWriter(Path(vf_run_slot))
-            app.slot_writer = writer
-            RunSlotHooks(writer, float(app.conf.task_time_limit or 0)).connect()
+            runtime = WorkerRuntime.of(app)
+            runtime.open_slot(Path(vf_run_slot))
+            RunSlotHooks(runtime, float(app.conf.task_time_limit or 0)).connect()
 
 
 class TelemetryStep(bootsteps.Step):

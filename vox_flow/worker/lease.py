@@ -7,7 +7,9 @@ lease: every live worker renews the leases of the messages it holds every
 ``lease_renew_seconds``, and every worker takes back messages whose lease is older than
 ``lease_seconds`` (settle.py). A worker that dies stops renewing, so its messages are back
 on their queues at most ``lease_seconds + reaper_interval_seconds`` after its death (35 s with
-the defaults), however long its tasks run.
+the defaults), however long its tasks run. The keeper thread of the worker runtime
+(runtime.py) calls :meth:`LeaseKeeper.keep`; the lease step (install.py) attaches the
+messages the consumer holds.
 
 Limits: node clocks must agree within a few seconds (scores are wall-clock times, as kombu
 writes them); a worker frozen for longer than ``lease_seconds`` (SIGSTOP, swap storm) loses its
@@ -19,7 +21,6 @@ idempotency key. A message taken back ``lease_takeback_limit`` times is dead-let
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from celery import bootsteps
 
 from vox_flow._celery.delivered import delivered, tags
 from vox_flow._celery.layout import layout
+from vox_flow.worker.runtime import WorkerRuntime
 from vox_flow.worker.settle import expired, settle
 
 if TYPE_CHECKING:
@@ -38,21 +40,31 @@ log = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Renews this worker's leases and takes back expired ones, in a background thread."""
+    """Renews this worker's leases and takes back expired ones (called by the keeper thread)."""
 
-    def __init__(self, app: VoxFlow, held: Callable[[], Iterable[str]]) -> None:
+    def __init__(
+        self,
+        app: VoxFlow,
+        held: Callable[[], Iterable[str]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.app = app
         self.held = held
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="vf-leases", daemon=True)
-        self._last_reap = 0.0
+        self.clock = clock
+        self._reaped_at: float | None = None
 
-    def start(self) -> None:
-        self._thread.start()
+    def keep(self) -> None:
+        """Renew, then reap when ``reaper_interval_seconds`` passed since the last reap.
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        A renewal that raises skips the reap: this worker's own leases may be stale, and it
+        would take back messages it is running.
+        """
+        self.renew()
+        now = self.clock()
+        interval = self.app.settings.reaper_interval_seconds
+        if self._reaped_at is None or now - self._reaped_at >= interval:
+            self._reaped_at = now
+            self.reap()
 
     def renew(self) -> int:
         """Push the lease of every message this worker holds to now; returns how many."""
@@ -80,20 +92,10 @@ class LeaseKeeper:
             )
         return count
 
-    def _loop(self) -> None:
-        settings = self.app.settings
-        while not self._stop.wait(settings.lease_renew_seconds):
-            try:
-                self.renew()
-                if time.monotonic() - self._last_reap >= settings.reaper_interval_seconds:
-                    self._last_reap = time.monotonic()
-                    self.reap()
-            except Exception:
-                log.exception("lease renewal failed; will try again")
-
 
 class LeaseStep(bootsteps.StartStopStep):
-    """Consumer bootstep running a LeaseKeeper next to the task consumer."""
+    """Consumer bootstep: while the task consumer runs, this process's worker runtime keeps
+    ``keeper`` (the leases of the messages the consumer holds) in its keeper thread."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
@@ -102,16 +104,14 @@ class LeaseStep(bootsteps.StartStopStep):
         self.keeper: LeaseKeeper | None = None
 
     def start(self, parent: Any) -> None:
+        app: VoxFlow = parent.app
         held = delivered(parent)
-        self.keeper = LeaseKeeper(parent.app, lambda: tags(held))
-        writer = getattr(parent.app, "slot_writer", None)
-        if writer is not None:
-            writer.held = held  # a supervised child also reports what it holds
-        self.keeper.start()
+        self.keeper = LeaseKeeper(app, lambda: tags(held))
+        WorkerRuntime.of(app).attach(held, self.keeper)
 
     def stop(self, parent: Any) -> None:
         if self.keeper is not None:
-            self.keeper.stop()
+            WorkerRuntime.of(parent.app).detach()
             self.keeper = None
 
     shutdown = stop

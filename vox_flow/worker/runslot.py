@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
 SIZE = 64 * 1024
@@ -72,18 +73,20 @@ class RunSlot:
 
 
 class SlotWriter:
-    """Celery signal handlers that keep this child's slot up to date."""
+    """Keeps this child's slot up to date; ``held`` returns kombu's mapping (delivery tag ->
+    message) of the messages its consumer holds."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, held: Callable[[], Mapping[str, Any]]) -> None:
         self.slot = RunSlot(path)
-        self.held: Any = None  # set by the lease step: kombu's dict of held messages
+        self.held = held
 
     def started(self, task_id: str, name: str, started: float, limit: float) -> None:
-        held = dict(self.held) if self.held is not None else {}
+        """A run began: write it, its delivery tag and every held tag."""
+        held = dict(self.held())
         # Celery's task context has no delivery tag; find the held message of this run.
         tag = next((t for t, m in held.items() if m.headers.get("id") == task_id), "")
         self.slot.write(Run(task_id, tag, name, started, limit, list(held)))
 
     def finished(self) -> None:
-        held = list(self.held) if self.held is not None else []
-        self.slot.write(Run(held=held))
+        """The run ended: write an idle slot with the tags still held."""
+        self.slot.write(Run(held=list(self.held())))

@@ -5,6 +5,8 @@ time limit, or when its worker stops renewing the message's lease (lease.py). Th
 still in kombu's ``unacked`` hash. One Lua script takes it out and, in the same step, either
 puts it back at the front of its queue (with its attempt number raised when the run was
 observed to die) or moves it to the dead-letter store once the task's attempts are used up.
+The attempt record and the dead letter are written by their stores' own commands
+(``AttemptLog.writes``, ``DeadLetterStore.writes``), run inside that script.
 So a poison task that kills its worker every time ends in dead letters after
 ``max_attempts`` runs, and no message is ever in two places or in none.
 
@@ -31,29 +33,32 @@ from vox_flow.contracts.task import (
     DeadLetter,
     DeadLetterReason,
 )
+from vox_flow.deadletters.store import build_letter
 from vox_flow.errors import DeadLettered
-from vox_flow.keyspace import DLQ_INDEX, attempts, dlq_entry
+from vox_flow.worker.runtime import WorkerRuntime
 
 if TYPE_CHECKING:
+    import redis
+
     from vox_flow.application import VoxFlow
 
-# KEYS: unacked, unacked_index, queue, attempts, dlq entry, dlq index.
-# ARGV: tag, expected raw, requeue json|'', attempt json|'', attempts ttl, dlq json|'',
-#       dlq id, score
-# Moves the message only if it is still reserved exactly as read (compare-and-move).
-_SETTLE_LUA = """
+# Compare-and-run: if field ARGV[1] of hash KEYS[1] still holds ARGV[2], run the commands
+# that follow, else nothing. Command i has key KEYS[i + 1]; its name, its argument count
+# and its arguments come next in ARGV, in order.
+#
+# A script rather than WATCH/MULTI/EXEC: kombu keeps every worker's reserved messages in one
+# hash, so a WATCH on it is broken by any other worker's reserve or ack, and under load the
+# transaction would be retried without bound. A script runs alone on the server, so the
+# check, the move of the message and the stores' writes commit together or not at all: no
+# message is ever in two places, or in none. The stores stay the only definition of their
+# formats: settle runs the commands they give, it writes none of their keys itself.
+_COMPARE_AND_RUN_LUA = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[4] ~= '' then
-  redis.call('RPUSH', KEYS[4], ARGV[4])
-  redis.call('EXPIRE', KEYS[4], ARGV[5])
-end
-if ARGV[3] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[3]) end
-if ARGV[6] ~= '' then
-  redis.call('HSETNX', KEYS[5], 'entry', ARGV[6])
-  redis.call('HSETNX', KEYS[5], 'state', 'dead')
-  redis.call('ZADD', KEYS[6], 'NX', ARGV[8], ARGV[7])
+local a = 3
+for i = 2, #KEYS do
+  local n = tonumber(ARGV[a + 1])
+  redis.call(ARGV[a], KEYS[i], unpack(ARGV, a + 2, a + 1 + n))
+  a = a + 2 + n
 end
 return 1
 """
@@ -79,9 +84,10 @@ def settle(
     ``lease_takeback_limit``), unless ``count_takeback`` is off: a message a dead child
     only held, given back by a supervisor that knows which run killed the child.
     """
+    runtime = WorkerRuntime.of(app)
     client = app.redis
     where = layout(app)
-    raw = client.hget(where.unacked, delivery_tag)
+    raw: bytes | None = client.hget(where.unacked, delivery_tag)  # type: ignore[assignment]
     if raw is None:
         return "gone"  # acknowledged, or taken back by someone else already
     message, exchange, routing_key = json.loads(raw)
@@ -92,7 +98,8 @@ def settle(
     number = int(headers.get(HEADER_ATTEMPT, 1))
     typed = app.typed.get(name)
     ended = datetime.now(UTC)
-    attempt_json = letter_json = requeue_json = ""
+    attempt: Attempt | None = None
+    letter: DeadLetter | None = None
     taken_back = not lost and count_takeback
     takebacks = int(headers.get(HEADER_TAKEBACKS, 0)) + taken_back
     # Plain Celery tasks keep Celery's requeue-on-loss (no dead letters of theirs).
@@ -102,9 +109,7 @@ def settle(
             f"taken back {takebacks} times from workers that stopped renewing its lease "
             "while holding it: does it take its whole worker or host down?"
         )
-        letter_json = _letter(
-            app, message, task_id, routing_key, error_type, error_message, [], ended
-        )
+        letter = _letter(runtime, message, task_id, routing_key, error_type, error_message, ended)
     elif taken_back:
         headers[HEADER_TAKEBACKS] = takebacks
     if lost:
@@ -117,45 +122,28 @@ def settle(
             error_type=error_type,
             error_message=error_message,
         )
-        attempt_json = attempt.model_dump_json()
         if typed is not None and number >= typed.retry.max_attempts:
-            letter_json = _letter(
-                app,
-                message,
-                task_id,
-                routing_key,
-                error_type,
-                error_message,
-                [attempt],
-                ended,
+            letter = _letter(
+                runtime, message, task_id, routing_key, error_type, error_message, ended, attempt
             )
         else:
             headers[HEADER_ATTEMPT] = number + 1
-    if not letter_json:
+    writes: list[tuple[str, ...]] = [
+        ("ZREM", where.unacked_index, delivery_tag),
+        ("HDEL", where.unacked, delivery_tag),
+    ]
+    if attempt is not None:
+        writes += runtime.attempts.writes(task_id, attempt)
+    if letter is not None:
+        writes += runtime.dead_letters.writes(letter)
+    else:
         headers["redelivered"] = True
         message.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
-        requeue_json = json.dumps(message)
-    moved = client.eval(
-        _SETTLE_LUA,
-        6,
-        where.unacked,
-        where.unacked_index,
-        where.queue(routing_key, message.get("properties", {}).get("priority")),
-        attempts(task_id),
-        dlq_entry(task_id),
-        DLQ_INDEX,
-        delivery_tag,
-        raw,
-        requeue_json,
-        attempt_json,
-        app.settings.attempts_ttl_seconds,
-        letter_json,
-        task_id,
-        ended.timestamp(),
-    )
-    if not moved:
+        queue = where.queue(routing_key, message.get("properties", {}).get("priority"))
+        writes.append(("RPUSH", queue, json.dumps(message)))
+    if not _compare_and_run(client, where.unacked, delivery_tag, raw, writes):
         return "gone"
-    if letter_json:
+    if letter is not None:
         exc = DeadLettered(task_id, error_type, error_message)
         try:
             app.backend.mark_as_failure(task_id, exc)
@@ -168,6 +156,18 @@ def settle(
     return "requeued"
 
 
+def _compare_and_run(
+    client: redis.Redis, hash_key: str, field: str, expected: bytes, writes: list[tuple[str, ...]]
+) -> bool:
+    """Run ``writes`` (name, key, arguments…) only if ``hash_key[field]`` is still
+    ``expected``, all in one step; True if they ran."""
+    keys = [hash_key] + [write[1] for write in writes]
+    args: list[str | bytes] = [field, expected]
+    for name, _, *rest in writes:
+        args += [name, str(len(rest)), *rest]
+    return bool(client.eval(_COMPARE_AND_RUN_LUA, len(keys), *keys, *args))
+
+
 def _trace_id(headers: dict[str, Any]) -> str | None:
     """The W3C trace id of the message's ``traceparent`` header, if it has one."""
     parts = str(headers.get("traceparent", "")).split("-")
@@ -175,23 +175,20 @@ def _trace_id(headers: dict[str, Any]) -> str | None:
 
 
 def _letter(
-    app: VoxFlow,
+    runtime: WorkerRuntime,
     message: dict[str, Any],
     task_id: str,
     routing_key: str,
     error_type: str,
     error_message: str,
-    last: list[Attempt],
     ended: datetime,
-) -> str:
-    """The dead letter (JSON) of a lost run: its recorded attempts, then ``last``; its
-    trace id is the one the message carries (nobody ran it in a span to read it from)."""
+    last: Attempt | None = None,
+) -> DeadLetter:
+    """The dead letter of a lost run: its recorded attempts, then ``last``; its trace id is
+    the one the message carries (nobody ran it in a span to read it from)."""
     headers = message["headers"]
-    earlier = [
-        Attempt.model_validate_json(item) for item in app.redis.lrange(attempts(task_id), 0, -1)
-    ]
-    return DeadLetter(
-        id=task_id,
+    earlier = runtime.attempts.list(task_id)
+    return build_letter(
         task_id=task_id,
         task_name=str(headers.get("task", "?")),
         queue=routing_key,
@@ -199,12 +196,12 @@ def _letter(
         reason=DeadLetterReason.LOST,
         error_type=error_type,
         error_message=error_message,
-        attempts=[*earlier, *last],
-        node=last[-1].node if last else app.settings.node_id,
+        attempts=[*earlier, last] if last is not None else earlier,
+        node=last.node if last is not None else runtime.app.settings.node_id,
         trace_id=_trace_id(headers),
         idempotency_key=headers.get(HEADER_KEY),
         dead_at=ended,
-    ).model_dump_json()
+    )
 
 
 def expired(app: VoxFlow, older_than: float, limit: int = 100) -> list[str]:
