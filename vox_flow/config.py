@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 def _default_data_dir() -> Path:
@@ -33,8 +36,9 @@ class Settings(BaseSettings):
         default=None, description="Celery result backend URL. Unset: the broker URL."
     )
     task_modules: Annotated[list[str], NoDecode] = Field(
-        default=["vox_flow.examples.sample"],
-        description="Modules a worker imports to register its tasks (comma-separated).",
+        default=[],
+        description="Modules a worker imports to register its tasks (comma-separated). "
+        "Unset: none (`vox-flow dev` adds its sample, `vox_flow.examples.sample`).",
     )
     ignore_results: bool = Field(
         default=False,
@@ -212,5 +216,24 @@ def settings_table() -> str:
 
 
 def load_settings() -> Settings:
-    """Read the settings from the environment (the only place that does)."""
+    """Read the settings from the environment (the only place that does).
+
+    Raises pydantic's ValidationError naming the fields; :func:`setting_errors` turns it into
+    the variables' names and reasons."""
     return Settings()
+
+
+def setting_errors(error: ValidationError) -> list[tuple[str, str]]:
+    """``(variable, reason)`` for each bad value of a Settings ValidationError, e.g.
+    ``("VOX_FLOW_LEASE_SECONDS", "Input should be greater than 1 (got '0.5')")``."""
+    out = []
+    for detail in error.errors():
+        loc = detail["loc"]
+        variable = f"VOX_FLOW_{str(loc[0]).upper()}" if loc else "VOX_FLOW_*"
+        reason = detail["msg"].removeprefix("Value error, ")
+        value = detail.get("input")
+        if isinstance(value, str):
+            shown = value if len(value) <= 60 else value[:59] + "…"
+            reason += f" (got {shown!r})"
+        out.append((variable, reason))
+    return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vox_flow.cli import common
+
 if TYPE_CHECKING:
     import argparse
 
@@ -20,8 +22,13 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vox_flow.app import app
-
+    app = common.app()
+    directory = app.settings.schedules_dir
+    if not directory.is_dir():
+        common.note(
+            f"warning: no schedules directory at {directory} (VOX_FLOW_SCHEDULES_DIR): "
+            "nothing fires until it exists and `vox-flow schedules reload` is run"
+        )
     # The same as `celery -A vox_flow.app beat -S vox_flow.schedules.scheduler:VoxScheduler`.
     app.Beat(scheduler=SCHEDULER, loglevel=args.loglevel, quiet=True).run()
     return 0

