@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from vox_flow.cli import common
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator
-
-    from sqlalchemy import Connection
 
     from vox_flow.application import VoxFlow
-    from vox_flow.store import Store
 
 
 def register(sub: Any) -> None:
@@ -48,39 +43,12 @@ def _migrate(args: argparse.Namespace) -> int:
     return common.OK
 
 
-class _RolledBack:
-    """``store`` whose write transactions are rolled back at their end: the retention rules
-    run through it count what they would delete, and delete nothing.
-
-    Until ``vox_flow.store.retention.prune`` takes ``dry_run`` itself; running its very code
-    keeps the dry run's counts those of a real run, which a second copy of its rules would not.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
-
-    @contextlib.contextmanager
-    def write(self, *, durable: bool = False) -> Iterator[Connection]:
-        with self._store.engine.connect() as conn:
-            transaction = conn.begin()
-            try:
-                yield conn
-            finally:
-                transaction.rollback()
-
-
 def _dead_letters(app: VoxFlow, days: int, *, dry_run: bool) -> int:
     """Dead letters live in the broker, not the store; their rule is applied here too."""
     from vox_flow.deadletters.store import DeadLetterStore  # not for --help
-    from vox_flow.keyspace import DLQ_INDEX
 
     cutoff = datetime.now(UTC) - timedelta(days=days)
-    if dry_run:  # what DeadLetterStore.prune selects: dead before the cutoff
-        return int(app.redis.zcount(DLQ_INDEX, "-inf", f"({cutoff.timestamp()}"))
-    return DeadLetterStore(app.redis).prune(cutoff)
+    return DeadLetterStore(app.redis).prune(cutoff, dry_run=dry_run)
 
 
 def _prune(args: argparse.Namespace) -> int:
@@ -91,8 +59,7 @@ def _prune(args: argparse.Namespace) -> int:
 
     try:
         app = common.app()
-        target = cast("Store", _RolledBack(store)) if args.dry_run else store
-        pruned = prune(target, settings)
+        pruned = prune(store, settings, dry_run=args.dry_run)
         letters = _dead_letters(app, settings.dead_letter_ttl_days, dry_run=args.dry_run)
     finally:
         store.dispose()

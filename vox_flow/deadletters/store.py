@@ -183,9 +183,12 @@ class DeadLetterStore:
         """Delete every dead letter, a batch per transaction; returns how many were deleted."""
         return self._delete_until_none(lambda: self.client.zrange(_INDEX, 0, batch - 1))
 
-    def prune(self, older_than: datetime, batch: int = 500) -> int:
-        """Delete dead letters that died before ``older_than`` (the retention rule)."""
+    def prune(self, older_than: datetime, batch: int = 500, *, dry_run: bool = False) -> int:
+        """Delete dead letters that died before ``older_than`` (the retention rule);
+        ``dry_run``: count them, delete nothing."""
         cutoff = f"({older_than.timestamp()}"
+        if dry_run:
+            return int(self.client.zcount(_INDEX, "-inf", cutoff))
         return self._delete_until_none(
             lambda: self.client.zrangebyscore(_INDEX, "-inf", cutoff, start=0, num=batch)
         )

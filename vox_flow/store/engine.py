@@ -82,15 +82,26 @@ class Store:
             command.upgrade(config, "head")
 
     @contextmanager
-    def write(self, *, durable: bool = False) -> Iterator[Connection]:
+    def write(self, *, durable: bool = False, dry_run: bool = False) -> Iterator[Connection]:
         """A transaction that holds the write lock from its first statement (SQLite:
         ``BEGIN IMMEDIATE``), committed on exit and rolled back on error.
+
+        ``dry_run``: always rolled back, so the same statements report what they would
+        change (row counts) and change nothing.
 
         ``durable``: its commit (and every commit before it) is on disk when it returns
         (SQLite ``before_output``; ``full`` and PostgreSQL sync every commit, ``normal``
         never): for a transaction whose result is about to leave the store (an outside
         effect runs next, a checkpoint is handed out).
         """
+        if dry_run:
+            with self._writer.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    yield conn
+                finally:
+                    transaction.rollback()
+            return
         with self._writer.connect() as conn, conn.begin():
             yield conn
         if durable:

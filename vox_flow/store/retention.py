@@ -47,25 +47,30 @@ class Pruned:
     op_snapshots: int
 
 
-def prune(store: Store, settings: Settings, *, now: int | None = None) -> Pruned:
-    """Apply every table's retention rule once, each table in its own transaction."""
+def prune(
+    store: Store, settings: Settings, *, now: int | None = None, dry_run: bool = False
+) -> Pruned:
+    """Apply every table's retention rule once, each table in its own transaction.
+
+    ``dry_run``: the same rules run and count, and every transaction is rolled back.
+    """
     now = now_us() if now is None else now
     entries = 0
     if settings.audit_retention_days is not None:
-        entries = _prune_audit(store, now - settings.audit_retention_days * _DAY_US)
-    with store.write() as conn:
+        entries = _prune_audit(store, now - settings.audit_retention_days * _DAY_US, dry_run)
+    with store.write(dry_run=dry_run) as conn:
         outbox = conn.execute(
             delete(OutboxRow).where(
                 OutboxRow.state == "done",
                 OutboxRow.updated_us < now - settings.outbox_retention_days * _DAY_US,
             )
         ).rowcount
-    ops, snapshots = _prune_ops(store, now - settings.oplog_retention_days * _DAY_US)
+    ops, snapshots = _prune_ops(store, now - settings.oplog_retention_days * _DAY_US, dry_run)
     return Pruned(entries, outbox, ops, snapshots)
 
 
-def _prune_audit(store: Store, cutoff: int) -> int:
-    with store.write() as conn:
+def _prune_audit(store: Store, cutoff: int, dry_run: bool) -> int:
+    with store.write(dry_run=dry_run) as conn:
         head = conn.execute(
             select(AuditHeadRow.__table__).where(AuditHeadRow.id == 1).with_for_update()
         ).one()
@@ -97,8 +102,8 @@ def _prune_audit(store: Store, cutoff: int) -> int:
         return conn.execute(delete(AuditEntryRow).where(AuditEntryRow.seq <= last)).rowcount
 
 
-def _prune_ops(store: Store, cutoff: int) -> tuple[int, int]:
-    with store.write() as conn:
+def _prune_ops(store: Store, cutoff: int, dry_run: bool) -> tuple[int, int]:
+    with store.write(dry_run=dry_run) as conn:
         keep = conn.execute(
             select(func.max(OpSnapshotRow.op_seq)).where(OpSnapshotRow.time_us < cutoff)
         ).scalar_one()
