@@ -135,6 +135,12 @@ class Settings(BaseSettings):
         gt=0,
         description="`vox-flow control` signs a checkpoint this often when the audit log grew.",
     )
+    control_outbox_retry_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A leading `vox-flow control` runs audited effects left pending (a crash, "
+        "an unreachable broker) again this often, and at the start of every term.",
+    )
     control_leader_ttl_seconds: float = Field(
         default=10.0,
         gt=0.5,

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from vox_flow.actions.perform import Auditor, EffectFailed, Effects, pending, perform
+from vox_flow.actions.schedules import PAUSE
 from vox_flow.app import create_app
 from vox_flow.config import Settings
+from vox_flow.contracts.audit import AuditEntry
 from vox_flow.control.duties import (
     CheckpointDuty,
     Duty,
@@ -26,6 +29,7 @@ from vox_flow.control.duties import (
 from vox_flow.control.service import FENCE_KEY, LOCK_KEY, ControlService
 from vox_flow.leader import LeaderLock
 from vox_flow.oplog.log import FencedOut
+from vox_flow.schedules.store import ScheduleStore
 
 TTL = 30.0  # the lock's, on the test's own clock: it never runs out unless the test says so
 WITHIN = 10.0  # how long a test waits for something that happens at once
@@ -323,3 +327,34 @@ def test_an_end_hook_that_fails_is_logged_and_the_others_still_run(
     harness.stop()  # the service still stops cleanly, exit code 0
     assert journal[-1] == "end first"
     assert any("the sloppy duty failed to end its term" in r.getMessage() for r in caplog.records)
+
+
+def test_the_outbox_duty_finishes_effects_left_pending_while_it_leads(
+    harness: Harness, data_dir: Path
+) -> None:
+    journal: list[str] = []
+    marker = Recorder("marker", journal)
+    harness.start([OutboxDuty(every=0.05), marker])
+    _until(marker.running, "every begin to have run")  # the term's own resume is over
+    settings = Settings(broker_url=harness.app.conf.broker_url, data_dir=data_dir)
+    auditor = Auditor.open(settings)
+    crashing = Effects()
+
+    @crashing.outside(PAUSE)
+    def _crash(entry: AuditEntry) -> None:
+        raise ConnectionError("the broker went away")
+
+    schedules = ScheduleStore(harness.app.redis)
+    try:
+        with pytest.raises(EffectFailed):
+            perform(auditor.store, auditor.signer, crashing, actor="ann", action=PAUSE,
+                    target="nightly", reason="maintenance")  # fmt: skip
+        # No new term starts: only the duty's periodic retry can finish it.
+        _eventually(
+            lambda: pending(auditor.store) == [] and schedules.state("nightly").paused,
+            "the pending pause to be finished",
+        )
+    finally:
+        auditor.store.dispose()
+    harness.stop()
+    assert [line for line in journal if line.startswith("begin")] == ["begin marker 1"]

@@ -432,8 +432,9 @@ def translate(exc: BaseException) -> CliError:
         why = translate(exc.__cause__).message if exc.__cause__ is not None else str(exc)
         return CliError(
             f"audit entry {entry.seq} ({entry.action} {entry.target}) is signed and recorded, "
-            "but its effect is pending: `vox-flow control` (the audit outbox) will finish it "
-            f"when a replica next takes the lead. It failed because: {why}",
+            "but its effect is pending: the leading `vox-flow control` (the audit outbox) will "
+            "finish it within VOX_FLOW_CONTROL_OUTBOX_RETRY_SECONDS. It failed because: "
+            f"{why}",
             code="effect_pending",
             status=PENDING,
         )

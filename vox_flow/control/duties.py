@@ -90,13 +90,31 @@ def connection_errors(app: VoxFlow) -> tuple[type[BaseException], ...]:
 
 
 class OutboxDuty(Duty):
-    """At the start of a term, run again every outside effect left pending in the audit
-    outbox (by a crash, or an effect that failed)."""
+    """At the start of a term, and then every ``every`` seconds (default
+    ``control_outbox_retry_seconds``), run again every outside effect left pending in the
+    audit outbox (by a crash, or an effect that failed: an unreachable broker, say)."""
 
     name = "outbox"
 
+    def __init__(self, every: float | None = None) -> None:
+        self.every = every
+
     def begin(self, term: Term) -> None:
         self.resume(term)
+
+    def run(self, term: Term) -> None:
+        every = self.every
+        if every is None:
+            every = term.app.settings.control_outbox_retry_seconds
+        while not term.ending.wait(every):
+            if not term.leading():
+                return  # the term is ending: leave the rest to the next leader
+            try:
+                self.resume(term)
+            except Exception:
+                # A store error here would end begin's term; in the loop it is retried,
+                # like a failed effect (whose error resume_pending records on its row).
+                log.exception("outbox: resuming pending effects failed; trying again")
 
     def resume(self, term: Term) -> Resumed:
         """Run the pending effects, logging which ran and which failed again."""
