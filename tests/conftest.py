@@ -40,10 +40,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/integration is marked ``integration`` (a conftest's own
-    ``pytestmark`` would mark nothing)."""
+    """Everything under tests/integration and tests/inprocess (real Redis, real workers) is
+    marked ``integration`` (a conftest's own ``pytestmark`` would mark nothing)."""
     for item in items:
-        if "integration" in item.path.parts:
+        if {"integration", "inprocess"} & set(item.path.parts):
             item.add_marker(pytest.mark.integration)
 
 

@@ -71,7 +71,10 @@ class TypedTask(Generic[In, Out]):
             base=app.typed_task_base,
             queue=queue,
             time_limit=self.time_limit,
-            max_retries=None,  # vox_flow counts attempts itself (see execution.py)
+            max_retries=None,  # vox_flow counts attempts itself (see worker/execution.py)
+            # A typed task belongs to its app: Celery's default (shared) would copy it into
+            # every app finalized later in the process, which then clash by name.
+            shared=False,
         )(run)
 
     def validate(self, payload: In | Mapping[str, Any], index: int | None = None) -> In:

@@ -1,4 +1,6 @@
-"""Typed tasks the integration tests run in real workers (VOX_FLOW_TASK_MODULES)."""
+"""Typed tasks the tests run in real workers: subprocesses (VOX_FLOW_TASK_MODULES) and the
+in-process tier's worker (tests/inprocess). ``poison`` kills the process running it and
+``stuck`` needs a hard time limit: only subprocess workers may run them."""
 
 from __future__ import annotations
 

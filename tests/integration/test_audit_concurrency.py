@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from tests.integration.workers import ROOT
 from vox_flow.audit.keys import key_path, load_or_create
 from vox_flow.audit.log import AuditLog
 from vox_flow.audit.verify import verify_store
 from vox_flow.store import Store
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 # One appender process: registers its own key, appends COUNT entries one by one and prints

@@ -21,18 +21,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import audit_entries, fire_time, wait_for
 from tests.integration import schedule_tasks  # noqa: F401  (registers the tasks fired here)
 from tests.integration.conftest import StartWorker
-from tests.integration.workers import ROOT, worker_env
+from tests.integration.workers import ROOT, run_cli, worker_env
 from vox_flow.actions.perform import Auditor
 from vox_flow.actions.schedules import TRIGGER, schedule_effects, trigger
 from vox_flow.app import app
-from vox_flow.audit.log import AuditLog
 from vox_flow.config import Settings
 from vox_flow.contracts.audit import AuditEntry
 from vox_flow.schedules.loader import load_dir
 from vox_flow.schedules.store import ScheduleStore
-from vox_flow.store import open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,15 +64,7 @@ class Env:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``vox-flow ARGS`` as an operator runs it."""
-        return subprocess.run(
-            [sys.executable, "-m", "vox_flow.cli", *args],
-            env=self.env(),
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        return run_cli(self.redis_url, self.data_dir, *args, **self.settings)
 
 
 @pytest.fixture
@@ -120,19 +111,6 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} within {timeout} s")
-        time.sleep(0.05)
-
-
-def fire_time(key: str) -> datetime:
-    """The fire time inside an idempotency key ``schedule:NAME:ISO``."""
-    return datetime.fromisoformat(key.split(":", 2)[2])
-
-
 def rows(list_key: str) -> list[list[str]]:
     raw: list[bytes] = app.redis.lrange(list_key, 0, -1)  # type: ignore[assignment]
     return [row.decode().split() for row in raw]
@@ -151,14 +129,6 @@ def every_second(times: list[datetime]) -> bool:
 
 def at(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
-
-
-def audit_entries(data_dir: Path) -> list[AuditEntry]:
-    store = open_store(Settings(data_dir=data_dir))
-    try:
-        return list(AuditLog(store).entries())
-    finally:
-        store.dispose()
 
 
 def summary(entries: list[AuditEntry]) -> list[tuple[str, str, str, str]]:

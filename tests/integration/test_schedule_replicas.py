@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import redis
 
+from tests.helpers import fire_time, wait_for
 from tests.integration.conftest import StartWorker
 from tests.integration.workers import ROOT, worker_env
 
@@ -48,17 +49,8 @@ def start_beat(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 def leader_pid(client: redis.Redis, timeout: float) -> tuple[int, float]:
     """The pid of the leading replica (waits for one), and when it was first seen leading."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = client.get("vf:sched:leader")
-        if value:
-            return int(value.decode().split()[0].split(":")[1]), time.monotonic()
-        time.sleep(0.05)
-    raise AssertionError(f"no leader within {timeout} s")
-
-
-def fire_time(key: str) -> datetime:
-    return datetime.fromisoformat(key.split(":", 2)[2])
+    value = wait_for(lambda: client.get("vf:sched:leader"), timeout, "a leader")
+    return int(value.decode().split()[0].split(":")[1]), time.monotonic()
 
 
 def test_leader_killed_twice_every_fire_runs_exactly_once(
@@ -109,9 +101,8 @@ def test_leader_killed_twice_every_fire_runs_exactly_once(
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
     # Let the worker finish what was enqueued, then count executed fires by key.
-    deadline = time.monotonic() + 20
-    while client.llen("vf.tests.schedule.record_fire") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    queue = "vf.tests.schedule.record_fire"
+    wait_for(lambda: client.llen(queue) == 0, 20, "the worker to run every enqueued fire", 0.2)
     time.sleep(1)
     rows = [row.decode().split()[0] for row in client.lrange("test:fires", 0, -1)]
     counts = Counter(rows)

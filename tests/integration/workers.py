@@ -1,4 +1,4 @@
-"""Real ``celery worker`` / ``vox-flow worker`` subprocesses for integration tests."""
+"""Real vox_flow subprocesses for tests: `celery worker` / `vox-flow worker`, and the CLI."""
 
 from __future__ import annotations
 
@@ -13,19 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from vox_flow.contracts.task import Attempt
-from vox_flow.submit import TaskHandle
-
 ROOT = Path(__file__).resolve().parents[2]
 _PROBE = "test-eventlog-probe"
-
-
-def recorded_attempts(handle: TaskHandle[Any], count: int, within: float = 2.0) -> list[Attempt]:
-    """The handle's attempts once ``count`` are recorded (a success is recorded within 50 ms)."""
-    deadline = time.monotonic() + within
-    while len(attempts := handle.attempts()) < count and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return attempts
 
 
 def worker_env(redis_url: str, data_dir: Path, **settings: str) -> dict[str, str]:
@@ -109,6 +98,22 @@ def celery_worker_args(name: str, pool: str = "solo", concurrency: int = 1) -> l
         "-P", pool, "-c", str(concurrency), "-n", f"{name}@%h", "-l", "info",
         "--without-mingle", "--without-gossip",
     ]  # fmt: skip
+
+
+def run_cli(
+    redis_url: str, data_dir: Path, *args: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """``vox-flow ARGS`` as an operator runs it (stdin is not a terminal), to its end;
+    ``settings`` as for :func:`worker_env`."""
+    return subprocess.run(
+        [sys.executable, "-m", "vox_flow.cli", *args],
+        env=worker_env(redis_url, data_dir, **settings),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def vox_flow_worker_args(processes: int = 2) -> list[str]:

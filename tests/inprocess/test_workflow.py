@@ -1,12 +1,13 @@
-"""Typed workflows: chain, fan-out and fan-in on real workers; type errors when defined."""
+"""Typed workflows: chain, fan-out and fan-in on a real (in-process) worker; type errors when
+defined."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import BaseModel
 
+from tests.inprocess.conftest import StartWorker
 from tests.integration import tasks
-from tests.integration.conftest import StartWorker
 from vox_flow.app import app
 from vox_flow.errors import PayloadError, WorkflowTypeError
 from vox_flow.tasks import typed_task

@@ -1,4 +1,4 @@
-"""Retries, dead letters and validation in real workers."""
+"""Retries, dead letters and validation in a real (in-process) worker."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
+from tests.helpers import recorded_attempts
+from tests.inprocess.conftest import StartWorker
 from tests.integration import tasks
-from tests.integration.conftest import StartWorker
-from tests.integration.workers import recorded_attempts
 from vox_flow.app import app
 from vox_flow.deadletters.store import DeadLetterStore
 from vox_flow.errors import TaskFailed

@@ -1,4 +1,4 @@
-"""submit / submit_many against a real Redis and real workers."""
+"""submit / submit_many against a real Redis and a real (in-process) worker."""
 
 from __future__ import annotations
 
@@ -9,18 +9,14 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
+from tests.helpers import queue_length, recorded_attempts, wait_for
+from tests.inprocess.conftest import StartWorker
 from tests.integration import tasks
-from tests.integration.conftest import StartWorker
-from tests.integration.test_recovery import wait_for
-from tests.integration.workers import EventLog, recorded_attempts
+from tests.integration.workers import EventLog
 from vox_flow.app import app
 from vox_flow.errors import PayloadError
 from vox_flow.results import decode_result
 from vox_flow.submit import submit, submit_many
-
-
-def queue_length(name: str) -> int:
-    return int(app.redis.llen(name))
 
 
 def test_invalid_payload_names_the_field_and_enqueues_nothing(redis_url: str) -> None:
