@@ -74,6 +74,7 @@ def problems(kombu_version: str, celery_version: str, sources: Mapping[str, str]
 @functools.cache
 def check_transport() -> None:
     """Raise IncompatibleCelery, naming the versions, unless this Celery/kombu will do."""
+    # Lazy: the unit tests of problems() need no transport loaded.
     from kombu.transport import redis as kombu_redis
 
     found = problems(

