@@ -89,32 +89,47 @@ def connection_errors(app: VoxFlow) -> tuple[type[BaseException], ...]:
     return (*errors, OperationalError, redis.ConnectionError, redis.TimeoutError)
 
 
-class OutboxDuty(Duty):
+class PeriodicDuty(Duty):
+    """A duty whose ``run`` calls :meth:`step` every ``every`` seconds while the term lasts
+    and the lock is held; a failing step is logged and tried again next period."""
+
+    def __init__(self, every: float | None = None) -> None:
+        self.every = every
+
+    def period(self, term: Term) -> float:
+        """Seconds between steps when none was given (a setting, by default)."""
+        raise NotImplementedError
+
+    def step(self, term: Term) -> object:
+        """One period's work."""
+        raise NotImplementedError
+
+    def run(self, term: Term) -> None:
+        every = self.every if self.every is not None else self.period(term)
+        while not term.ending.wait(every):
+            if not term.leading():
+                return  # the term is ending: a deposed leader does nothing more
+            try:
+                self.step(term)
+            except Exception:
+                log.exception("%s failed; trying again next period", self.name)
+
+
+class OutboxDuty(PeriodicDuty):
     """At the start of a term, and then every ``every`` seconds (default
     ``control_outbox_retry_seconds``), run again every outside effect left pending in the
     audit outbox (by a crash, or an effect that failed: an unreachable broker, say)."""
 
     name = "outbox"
 
-    def __init__(self, every: float | None = None) -> None:
-        self.every = every
-
     def begin(self, term: Term) -> None:
         self.resume(term)
 
-    def run(self, term: Term) -> None:
-        every = self.every
-        if every is None:
-            every = term.app.settings.control_outbox_retry_seconds
-        while not term.ending.wait(every):
-            if not term.leading():
-                return  # the term is ending: leave the rest to the next leader
-            try:
-                self.resume(term)
-            except Exception:
-                # A store error here would end begin's term; in the loop it is retried,
-                # like a failed effect (whose error resume_pending records on its row).
-                log.exception("outbox: resuming pending effects failed; trying again")
+    def period(self, term: Term) -> float:
+        return term.app.settings.control_outbox_retry_seconds
+
+    def step(self, term: Term) -> Resumed:
+        return self.resume(term)
 
     def resume(self, term: Term) -> Resumed:
         """Run the pending effects, logging which ran and which failed again."""
@@ -126,26 +141,17 @@ class OutboxDuty(Duty):
         return resumed
 
 
-class CheckpointDuty(Duty):
+class CheckpointDuty(PeriodicDuty):
     """Every ``every`` seconds (default ``control_checkpoint_seconds``), sign a checkpoint of
     the audit log if it grew; a failed checkpoint is logged and tried again next period."""
 
     name = "checkpoints"
 
-    def __init__(self, every: float | None = None) -> None:
-        self.every = every
+    def period(self, term: Term) -> float:
+        return term.app.settings.control_checkpoint_seconds
 
-    def run(self, term: Term) -> None:
-        every = self.every
-        if every is None:
-            every = term.app.settings.control_checkpoint_seconds
-        while not term.ending.wait(every):
-            if not term.leading():
-                return  # the term is ending: a deposed leader signs nothing more
-            try:
-                self.checkpoint_if_grown(term)
-            except Exception:
-                log.exception("checkpoint failed; trying again next period")
+    def step(self, term: Term) -> Checkpoint | None:
+        return self.checkpoint_if_grown(term)
 
     @staticmethod
     def checkpoint_if_grown(term: Term) -> Checkpoint | None:
