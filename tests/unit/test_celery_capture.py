@@ -103,6 +103,11 @@ def _without_ids(message: dict[str, Any]) -> dict[str, Any]:
     # apply_async names its thread's RPC reply queue; vox_flow's results are in the result
     # backend, which never reads it.
     message["properties"].pop("reply_to")
+    # With Celery's OpenTelemetry instrumentation on (an in-process worker earlier in the
+    # session starts it), each publish carries its own span: same header, other span ids.
+    headers = message["headers"]
+    if "traceparent" in headers:
+        headers["traceparent"] = "-".join(headers["traceparent"].split("-")[::3])
     return message
 
 
