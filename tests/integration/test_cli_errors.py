@@ -134,8 +134,8 @@ def test_an_effect_that_fails_is_pending_and_says_so(
     shown = limited_url.replace(":sesame@", ":***@")
     assert done.stderr == (
         "error: audit entry 1 (schedule.pause tick) is signed and recorded, but its effect is "
-        "pending: `vox-flow control` (the audit outbox) will finish it when a replica next "
-        "takes the lead. It failed because: "
+        "pending: the leading `vox-flow control` (the audit outbox) will finish it within "
+        "VOX_FLOW_CONTROL_OUTBOX_RETRY_SECONDS. It failed because: "
         f"the broker at {shown} refused a command: this user has no permissions to run the "
         "'hset' command\n"
     )
