@@ -6,12 +6,13 @@ docs/configuration.md; a test keeps the two in step.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -25,7 +26,10 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """vox_flow's configuration, read from ``VOX_FLOW_*`` variables (and nothing else)."""
 
-    model_config = SettingsConfigDict(env_prefix="VOX_FLOW_", extra="ignore", frozen=True)
+    # No inf/nan: an infinite lease or interval would silently turn a guarantee off.
+    model_config = SettingsConfigDict(
+        env_prefix="VOX_FLOW_", extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
     # --- broker and results -------------------------------------------------------------
     broker_url: str | None = Field(
@@ -106,7 +110,9 @@ class Settings(BaseSettings):
 
     # --- telemetry ----------------------------------------------------------------------
     otel_exporter: Literal["none", "console", "otlp"] = Field(
-        default="none", description="Where spans go: nowhere, stdout, or OTLP/HTTP."
+        default="none",
+        description="Where spans go: `none` (nowhere), `console` (stdout) or `otlp` "
+        "(OTLP/HTTP; needs the otlp extra: pip install 'vox_flow[otlp]').",
     )
     otel_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP endpoint when `otel_exporter` is `otlp`."
@@ -124,7 +130,7 @@ class Settings(BaseSettings):
         default=1024, ge=16, description="Write an op-log snapshot every N ops."
     )
     audit_retention_days: int | None = Field(
-        default=None, description="Audit entries are kept forever unless this is set."
+        default=None, ge=1, description="Audit entries are kept forever unless this is set."
     )
     oplog_retention_days: int = Field(default=90, ge=1, description="Op-log retention.")
     outbox_retention_days: int = Field(
@@ -171,6 +177,29 @@ class Settings(BaseSettings):
         ge=0,
         description="A fire later than this counts as missed and follows its missed-run policy.",
     )
+
+    @field_validator("lease_renew_seconds")
+    @classmethod
+    def _renew_within_the_lease(cls, value: float, info: ValidationInfo) -> float:
+        lease = info.data.get("lease_seconds")
+        if lease is not None and value >= lease:
+            raise ValueError(
+                f"must be shorter than VOX_FLOW_LEASE_SECONDS ({lease:g}): a lease renewed "
+                "less often than it lasts lapses under a live worker"
+            )
+        return value
+
+    @field_validator("otel_exporter")
+    @classmethod
+    def _exporter_installed(cls, value: str) -> str:
+        if value == "otlp":
+            try:
+                found = importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http")
+            except ModuleNotFoundError:
+                found = None
+            if found is None:
+                raise ValueError("needs the otlp extra: pip install 'vox_flow[otlp]'")
+        return value
 
     @field_validator("task_modules", mode="before")
     @classmethod

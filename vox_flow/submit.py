@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import redis
 from pydantic import BaseModel
 
 from vox_flow._celery.capture import Built, build
@@ -85,7 +86,15 @@ def _wait_durable(app: VoxFlow) -> None:
     if app.settings.durable_submit == "waitaof":
         # WAITAOF numlocal=1: wait until the server's own AOF holds every write of this
         # connection (how far that is on disk depends on its appendfsync; see operations.md).
-        local, _ = app.redis.execute_command("WAITAOF", 1, 0, 5000)  # type: ignore[no-untyped-call]
+        try:
+            local, _ = app.redis.execute_command("WAITAOF", 1, 0, 5000)  # type: ignore[no-untyped-call]
+        except redis.ResponseError as exc:
+            # Raised after the enqueue: the caller must not take it for "nothing was sent".
+            raise BrokerNotDurable(
+                f"VOX_FLOW_DURABLE_SUBMIT=waitaof, but the broker refused WAITAOF ({exc}; it "
+                "needs Redis/Valkey >= 7.2 with appendonly yes); the message WAS enqueued "
+                "and will run: do not submit it again"
+            ) from exc
         if int(local) < 1:
             raise BrokerNotDurable(
                 "the broker did not confirm the submit reached its AOF within 5 s "

@@ -13,10 +13,12 @@ from tests.helpers import queue_length, recorded_attempts, wait_for
 from tests.inprocess.conftest import StartWorker
 from tests.integration import tasks
 from tests.integration.workers import EventLog
-from vox_flow.app import app
-from vox_flow.errors import PayloadError
+from vox_flow.app import app, create_app
+from vox_flow.config import Settings
+from vox_flow.errors import BrokerNotDurable, PayloadError
 from vox_flow.results import decode_result
 from vox_flow.submit import submit, submit_many
+from vox_flow.tasks import typed_task
 
 
 def test_invalid_payload_names_the_field_and_enqueues_nothing(redis_url: str) -> None:
@@ -107,3 +109,26 @@ def test_every_enqueued_run_sends_one_task_sent_event(redis_url: str) -> None:
     first = next(e for e in sent.events if e["uuid"] == one.id)
     assert first["name"] == tasks.echo.name and first["queue"] == tasks.echo.queue
     assert json.loads(first["args"]) == {"id": "a", "value": 1}
+
+
+def test_waitaof_on_a_broker_without_it_says_the_message_was_enqueued(redis_url: str) -> None:
+    # A separate app on the same server, asking for WAITAOF: the session's server is the
+    # system redis-server (7.0 here, no WAITAOF) or Valkey 8 with appendonly (has it).
+    durable = create_app(Settings(broker_url=redis_url, durable_submit="waitaof"))
+    note = typed_task(durable, name="durable.note")(_note)
+    commands = durable.redis.command_list()
+    has_waitaof = b"waitaof" in {c if isinstance(c, bytes) else c.encode() for c in commands}
+    if has_waitaof:
+        handle = submit(note, {"id": "n", "value": 1})
+    else:
+        with pytest.raises(BrokerNotDurable) as refused:
+            submit(note, {"id": "n", "value": 1})
+        assert "WAS enqueued" in str(refused.value)
+        assert "VOX_FLOW_DURABLE_SUBMIT" in str(refused.value)
+    assert int(durable.redis.llen(note.queue)) == 1  # enqueued either way: told, not hidden
+    if has_waitaof:
+        assert handle.id
+
+
+def _note(item: tasks.Item) -> tasks.Echo:
+    return tasks.Echo(id=item.id, value=item.value)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from vox_flow.config import Settings, settings_table
+from vox_flow.config import Settings, load_settings, setting_errors, settings_table
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -43,3 +44,43 @@ def test_store_defaults_to_sqlite_in_the_data_dir(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     assert settings.store == f"sqlite:///{tmp_path / 'control.db'}"
     assert Settings(store_url="postgresql+psycopg://x/y").store == "postgresql+psycopg://x/y"
+
+
+@pytest.mark.parametrize(
+    ("variables", "variable", "reason"),
+    [
+        ({"VOX_FLOW_LEASE_SECONDS": "inf"}, "VOX_FLOW_LEASE_SECONDS", "finite number"),
+        (
+            {"VOX_FLOW_LEASE_SECONDS": "2", "VOX_FLOW_LEASE_RENEW_SECONDS": "10"},
+            "VOX_FLOW_LEASE_RENEW_SECONDS",
+            "must be shorter than VOX_FLOW_LEASE_SECONDS (2)",
+        ),
+        ({"VOX_FLOW_AUDIT_RETENTION_DAYS": "0"}, "VOX_FLOW_AUDIT_RETENTION_DAYS", ">= 1"),
+        ({"VOX_FLOW_AUDIT_RETENTION_DAYS": "-1"}, "VOX_FLOW_AUDIT_RETENTION_DAYS", ">= 1"),
+    ],
+)
+def test_values_that_would_turn_a_guarantee_off_are_refused(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], variable: str, reason: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        load_settings()
+    [(named, why)] = setting_errors(refused.value)
+    assert named == variable
+    assert reason.replace(">= 1", "greater than or equal to 1") in why
+
+
+def test_the_otlp_exporter_needs_its_extra_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+
+    def without_otlp(name: str, *args: object) -> object:
+        return None if name.startswith("opentelemetry.exporter.otlp") else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_otlp)
+    monkeypatch.setenv("VOX_FLOW_OTEL_EXPORTER", "otlp")
+    with pytest.raises(ValidationError) as refused:
+        load_settings()
+    [(named, why)] = setting_errors(refused.value)
+    assert named == "VOX_FLOW_OTEL_EXPORTER"
+    assert "pip install 'vox_flow[otlp]'" in why
