@@ -230,3 +230,49 @@ def test_commands_beside_dev_use_its_broker_while_it_runs(
             dev.wait()
     assert dev.returncode == 0, log.read_text()
     assert not published.exists()
+
+
+def test_a_task_module_that_does_not_import_is_a_bad_setting(
+    data_dir: Path, redis_url: str
+) -> None:
+    done = cli(data_dir, redis_url, "worker", "-p", "1", task_modules="no.such.module")
+    assert done.returncode == common.REFUSED, done.stderr
+    assert done.stderr.endswith(
+        "error: VOX_FLOW_TASK_MODULES: cannot import 'no': No module named 'no'\n"
+    )
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_a_store_url_whose_driver_is_missing_names_the_module(data_dir: Path) -> None:
+    done = cli(data_dir, None, "audit", "keys", store_url="mysql://u:pw@127.0.0.1:1/x")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(
+        "error: the store at mysql://u:***@127.0.0.1:1/x needs the Python module MySQLdb, "
+        "which is not installed"
+    )
+
+
+def test_a_broker_that_is_not_redis_says_so(data_dir: Path) -> None:
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+
+    def answer_like_http() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(256)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=answer_like_http, daemon=True).start()
+    url = f"redis://127.0.0.1:{port}/0"
+    done = cli(data_dir, url, "dlq", "list")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(
+        f"error: the broker at {url} did not answer as a Redis server would: Protocol Error"
+    )
+    assert "Traceback" not in done.stderr

@@ -265,6 +265,14 @@ def _opening_store() -> Iterator[str]:
         if "sqlalchemy.exc.ArgumentError" in _names(exc):
             shown = hide_password(url)
             raise refused(f"VOX_FLOW_STORE_URL: {exc} (got {shown!r})", "bad_setting") from None
+        if isinstance(exc, ModuleNotFoundError) and exc.name not in _DRIVERS:
+            # Any other dialect's driver (MySQLdb, ...): name it and the URL that wants it.
+            raise CliError(
+                f"the store at {hide_password(url)} needs the Python module {exc.name}, which "
+                "is not installed (vox_flow ships drivers for SQLite and, with "
+                "pip install 'vox_flow[postgres]', PostgreSQL)",
+                code="missing_driver",
+            ) from None
         raise
 
 
@@ -413,6 +421,13 @@ def _store() -> str:
     return f" at {hide_password(url)}" if url else ""
 
 
+def _is_task_module(name: str | None) -> bool:
+    """Whether ``name`` is (a parent package of) a module VOX_FLOW_TASK_MODULES names."""
+    if name is None or _now.settings is None:
+        return False
+    return any(m == name or m.startswith(name + ".") for m in _now.settings.task_modules)
+
+
 def translate(exc: BaseException) -> CliError:
     """The one-line account of ``exc`` that the user gets instead of a traceback."""
     if isinstance(exc, CliError):
@@ -450,6 +465,18 @@ def translate(exc: BaseException) -> CliError:
         )
     if names & _NOT_FOUND:
         return CliError(str(exc), code="not_found")
+    if isinstance(exc, ModuleNotFoundError) and _is_task_module(exc.name):
+        return CliError(
+            f"VOX_FLOW_TASK_MODULES: cannot import {exc.name!r}: {exc}",
+            code="bad_setting",
+            status=REFUSED,
+            fields=[("VOX_FLOW_TASK_MODULES", f"cannot import {exc.name!r}")],
+        )
+    if "redis.exceptions.InvalidResponse" in names:
+        return CliError(
+            f"the broker{_broker()} did not answer as a Redis server would: {exc}",
+            code="broker_unreachable",
+        )
     if "redis.exceptions.AuthenticationError" in names:
         return CliError(
             f"the broker{_broker()} refused the login: {_reason(exc)}", code="broker_refused"
