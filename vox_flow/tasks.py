@@ -140,6 +140,9 @@ def _fan_in_field(model: type[BaseModel]) -> str | None:
 
 
 def _models(fn: Callable[..., Any]) -> tuple[type[BaseModel], type[BaseModel]]:
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        # A Celery worker would call it and get a coroutine, never run: refuse it here.
+        raise TypeError(f"{fn.__qualname__}: a typed task must be a plain function, not async")
     hints = typing.get_type_hints(fn)
     params = list(inspect.signature(fn).parameters)
     if len(params) != 1:
