@@ -229,7 +229,7 @@ def test_the_run_slot_reports_the_messages_the_attached_consumer_holds(tmp_path:
 
 
 def test_a_forked_child_holds_nothing_of_its_parent_and_rebuilds_lazily() -> None:
-    app = app_on(7, lease_renew_seconds=30)
+    app = app_on(7, lease_seconds=60, lease_renew_seconds=30)  # a keeper that stays quiet
     runtime = WorkerRuntime.of(app)
     parent_attempts = runtime.attempts
     read, write = os.pipe()
