@@ -6,6 +6,7 @@ steps run against stores whose methods the tests replace, or against a fake cloc
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -165,7 +166,10 @@ def test_a_run_s_claim_is_renewed_by_its_own_app_s_runtime_only() -> None:
     """The two-app bug, without a broker: the keeper of the app that runs a keyed task
     renews its claim, on that app's store, every lease_renew_seconds."""
     fast = {"lease_seconds": 4, "lease_renew_seconds": 0.5}
-    first, second = WorkerRuntime.of(app_on(3, **fast)), WorkerRuntime.of(app_on(4, **fast))
+    # The runtimes hold their apps weakly: the test holds them, as a worker holds its app.
+    apps = app_on(3, **fast), app_on(4, **fast)
+    first, second = WorkerRuntime.of(apps[0]), WorkerRuntime.of(apps[1])
+    gc.collect()  # an app nobody held would be gone here, whenever the collector ran
     renewed: list[tuple[str, dict[str, str], float]] = []
 
     def recorder(name: str) -> Callable[[dict[str, str], float], None]:
@@ -194,7 +198,8 @@ def test_a_run_s_claim_is_renewed_by_its_own_app_s_runtime_only() -> None:
 
 
 def test_the_keeper_flushes_buffered_attempts_and_keeps_attached_leases() -> None:
-    runtime = WorkerRuntime.of(app_on(5, lease_renew_seconds=1))
+    app = app_on(5, lease_renew_seconds=1)  # held: the runtime holds its app weakly
+    runtime = WorkerRuntime.of(app)
     flushed: list[int] = []
     runtime.attempts.flush = lambda: flushed.append(1)  # type: ignore[method-assign]
     kept: list[int] = []
@@ -214,7 +219,8 @@ def test_the_keeper_flushes_buffered_attempts_and_keeps_attached_leases() -> Non
 
 
 def test_the_run_slot_reports_the_messages_the_attached_consumer_holds(tmp_path: Path) -> None:
-    runtime = WorkerRuntime.of(app_on(6))
+    app = app_on(6)  # held: the runtime holds its app weakly
+    runtime = WorkerRuntime.of(app)
     runtime.run_started("t0", "n", 1.0, 2.0)  # no slot in this process: nothing to report
     reader = RunSlot(tmp_path / "0.slot", create=True)  # the supervisor creates it
     runtime.open_slot(tmp_path / "0.slot")
