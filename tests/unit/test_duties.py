@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from vox_flow.actions.perform import Auditor, EffectFailed, Effects, pending, perform
-from vox_flow.actions.schedules import PAUSE
+from vox_flow.actions import registry
+from vox_flow.actions.perform import (
+    Auditor,
+    EffectFailed,
+    Effects,
+    pending,
+    perform,
+    resume_pending,
+)
+from vox_flow.actions.schedules import PAUSE, RESUME
 from vox_flow.app import create_app
 from vox_flow.config import Settings
 from vox_flow.contracts.audit import AuditEntry
@@ -30,6 +38,7 @@ from vox_flow.control.service import FENCE_KEY, LOCK_KEY, ControlService
 from vox_flow.leader import LeaderLock
 from vox_flow.oplog.log import FencedOut
 from vox_flow.schedules.store import ScheduleStore
+from vox_flow.store import now_us
 
 TTL = 30.0  # the lock's, on the test's own clock: it never runs out unless the test says so
 WITHIN = 10.0  # how long a test waits for something that happens at once
@@ -358,3 +367,35 @@ def test_the_outbox_duty_finishes_effects_left_pending_while_it_leads(
         auditor.store.dispose()
     harness.stop()
     assert [line for line in journal if line.startswith("begin")] == ["begin marker 1"]
+
+
+def test_an_outbox_retry_neither_runs_a_young_row_nor_undoes_a_later_action(
+    harness: Harness, data_dir: Path
+) -> None:
+    # pause fails (its row stays pending), then resume succeeds: when the leader's retry
+    # finally runs the old pause, the schedule must stay resumed.
+    settings = Settings(broker_url=harness.app.conf.broker_url, data_dir=data_dir)
+    auditor = Auditor.open(settings)
+    crashing = Effects()
+
+    @crashing.outside(PAUSE)
+    def _crash(entry: AuditEntry) -> None:
+        raise ConnectionError("the broker went away")
+
+    schedules = ScheduleStore(harness.app.redis)
+    try:
+        with pytest.raises(EffectFailed) as failed:
+            perform(auditor.store, auditor.signer, crashing, actor="ann", action=PAUSE,
+                    target="nightly", reason="maintenance")  # fmt: skip
+        seq = failed.value.entry.seq
+        # A retry only takes rows left alone for a whole period: this one is too young.
+        assert pending(auditor.store, untouched_since_us=now_us() - 60_000_000) == []
+        assert pending(auditor.store, untouched_since_us=now_us() + 1) == [seq]
+        perform(auditor.store, auditor.signer, registry.effects(harness.app), actor="ann",
+                action=RESUME, target="nightly", reason="done")  # fmt: skip
+        assert not schedules.state("nightly").paused
+        resumed = resume_pending(auditor.store, registry.effects(harness.app))
+        assert resumed.done == [seq]  # the old pause ran, and changed nothing
+        assert not schedules.state("nightly").paused
+    finally:
+        auditor.store.dispose()

@@ -268,20 +268,28 @@ class Resumed:
     failed: dict[int, str]
 
 
-def pending(store: Store) -> list[int]:
-    """Sequence numbers of entries whose outside effect has not completed yet."""
+def pending(store: Store, *, untouched_since_us: int | None = None) -> list[int]:
+    """Sequence numbers of entries whose outside effect has not completed yet; with
+    ``untouched_since_us``, only those whose outbox row has not changed since then."""
+    query = select(OutboxRow.seq).where(OutboxRow.state == _PENDING)
+    if untouched_since_us is not None:
+        query = query.where(OutboxRow.updated_us < untouched_since_us)
     with store.read() as conn:
-        rows = conn.execute(
-            select(OutboxRow.seq).where(OutboxRow.state == _PENDING).order_by(OutboxRow.seq)
-        )
+        rows = conn.execute(query.order_by(OutboxRow.seq))
         return [int(seq) for seq in rows.scalars()]
 
 
-def resume_pending(store: Store, effects: Effects) -> Resumed:
-    """Run again every outside effect left pending (by a crash or a failure), in order."""
+def resume_pending(
+    store: Store, effects: Effects, *, untouched_since_us: int | None = None
+) -> Resumed:
+    """Run again every outside effect left pending (by a crash or a failure), in order.
+
+    ``untouched_since_us``: only rows not changed since then — a periodic retry leaves alone
+    an effect that its own caller may be running at this very moment.
+    """
     done: list[int] = []
     failed: dict[int, str] = {}
-    for seq in pending(store):
+    for seq in pending(store, untouched_since_us=untouched_since_us):
         with store.read() as conn:
             row = conn.execute(
                 select(AuditEntryRow.__table__).where(AuditEntryRow.seq == seq)

@@ -31,13 +31,15 @@ def schedule_effects(app: VoxFlow) -> Effects:
     effects = Effects()
     store = ScheduleStore(app.redis)
 
+    # Ordered by audit seq: a pause retried by the outbox after a later resume (or the
+    # other way round) changes nothing.
     @effects.outside(PAUSE)
-    def _pause(entry: AuditEntry) -> None:
-        store.set_paused(entry.target, True)
+    def _pause(entry: AuditEntry) -> bool:
+        return store.set_paused(entry.target, True, entry.seq)
 
     @effects.outside(RESUME)
-    def _resume(entry: AuditEntry) -> None:
-        store.set_paused(entry.target, False)
+    def _resume(entry: AuditEntry) -> bool:
+        return store.set_paused(entry.target, False, entry.seq)
 
     @effects.outside(TRIGGER)
     def _trigger(entry: AuditEntry) -> TaskHandle[Any]:

@@ -27,6 +27,8 @@ from sqlalchemy import func, select
 from vox_flow.actions import registry
 from vox_flow.actions.perform import Resumed, resume_pending
 from vox_flow.oplog.ingest import EventMapper, ingest
+from vox_flow.oplog.log import FencedOut
+from vox_flow.store import now_us
 from vox_flow.store.rows import CheckpointRow
 
 if TYPE_CHECKING:
@@ -111,6 +113,8 @@ class PeriodicDuty(Duty):
                 return  # the term is ending: a deposed leader does nothing more
             try:
                 self.step(term)
+            except FencedOut:
+                raise  # a newer leader: the term ends (the module docstring's rule)
             except Exception:
                 log.exception("%s failed; trying again next period", self.name)
 
@@ -129,11 +133,16 @@ class OutboxDuty(PeriodicDuty):
         return term.app.settings.control_outbox_retry_seconds
 
     def step(self, term: Term) -> Resumed:
-        return self.resume(term)
+        # Only rows untouched for a whole period: a row younger than that may belong to an
+        # action whose CLI or API call is still running its effect.
+        every = self.every if self.every is not None else self.period(term)
+        return self.resume(term, untouched_since_us=now_us() - int(every * 1_000_000))
 
-    def resume(self, term: Term) -> Resumed:
+    def resume(self, term: Term, untouched_since_us: int | None = None) -> Resumed:
         """Run the pending effects, logging which ran and which failed again."""
-        resumed = resume_pending(term.store, registry.effects(term.app))
+        resumed = resume_pending(
+            term.store, registry.effects(term.app), untouched_since_us=untouched_since_us
+        )
         if resumed.done:
             log.info("outbox: finished the effects of audit entries %s", resumed.done)
         for seq, error in resumed.failed.items():

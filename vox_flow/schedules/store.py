@@ -1,8 +1,9 @@
 """Schedule state in Redis: one hash per schedule, written only through fenced scripts.
 
 Fields (times in epoch milliseconds): ``last_fire`` (latest fire dealt with), ``next_fire``,
-``paused`` ("1"), ``last_task_id``, ``pending`` (a fire claimed, maybe enqueued, not yet
-committed), ``buffered`` (overlap=buffer_one), ``token`` (fencing token of the last write).
+``paused`` ("1"), ``paused_seq`` (the audit entry that set it), ``last_task_id``,
+``pending`` (a fire claimed, maybe enqueued, not yet committed), ``buffered``
+(overlap=buffer_one), ``token`` (fencing token of the last write).
 
 A fire is *claimed* (fence checked; refused if already dealt with; skipped if paused), then
 enqueued with its idempotency key, then *committed*. A leader that dies between claim and
@@ -24,6 +25,16 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     import redis
+
+# KEYS: state. ARGV: "1" paused / "0" resumed, the audit entry's seq. Applies only an entry
+# newer than the last applied one (``paused_seq``).
+_SET_PAUSED_LUA = """
+if tonumber(redis.call('HGET', KEYS[1], 'paused_seq') or '0') > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'paused', ARGV[1], 'paused_seq', ARGV[2])
+return 1
+"""
 
 ClaimMode = Literal["fire", "skip", "buffer", "release"]
 ClaimResult = Literal["ok", "fenced", "done", "paused", "skipped", "buffered"]
@@ -112,6 +123,7 @@ class ScheduleStore:
         self.client = client
         self._claim = client.register_script(_CLAIM_LUA)
         self._commit = client.register_script(_COMMIT_LUA)
+        self._set_paused = client.register_script(_SET_PAUSED_LUA)
 
     def states(self, names: Iterable[str]) -> dict[str, ScheduleState]:
         """The state of each named schedule (one pipelined round trip)."""
@@ -152,9 +164,14 @@ class ScheduleStore:
         )
         return bool(result == b"ok")
 
-    def set_paused(self, name: str, paused: bool) -> None:
-        """Pause or resume (idempotent; the leader reads it at every claim)."""
-        self.client.hset(PREFIX + name, "paused", "1" if paused else "0")
+    def set_paused(self, name: str, paused: bool, seq: int | None = None) -> bool:
+        """Pause or resume (idempotent; the leader reads it at every claim). ``seq``, the
+        audit entry doing it: an entry older than the last one applied changes nothing (an
+        outbox retry must not undo a later resume). Returns whether it applied."""
+        if seq is None:
+            self.client.hset(PREFIX + name, "paused", "1" if paused else "0")
+            return True
+        return bool(self._set_paused(keys=[PREFIX + name], args=["1" if paused else "0", seq]))
 
     def generation(self) -> int:
         """The definitions' reload counter (bumped by ``reload``)."""
