@@ -16,6 +16,7 @@ from vox_flow.contracts.task import HEADER_TAKEBACKS
 from vox_flow.deadletters.store import DeadLetterStore
 from vox_flow.errors import TaskFailed
 from vox_flow.submit import publish, submit, submit_many
+from vox_flow.worker.lease import LeaseKeeper
 from vox_flow.worker.settle import settle
 
 
@@ -179,3 +180,18 @@ def test_hard_time_limit_kills_the_run_and_dead_letters_it(
     assert app.redis.llen("test:stuck:t") == 2
     # The worker is still serving after its runs were killed.
     assert submit(tasks.echo, {"id": "after", "value": 5}).result(timeout=30).value == 5
+
+
+def test_a_message_that_cannot_be_taken_back_does_not_stop_the_others(redis_url: str) -> None:
+    """The reaper takes the oldest lapsed messages first: one it cannot settle (sent
+    through a named exchange) is left to kombu, and the ones after it still come back."""
+    where = layout(app)
+    stuck = {"headers": {"id": "x"}, "properties": {"delivery_tag": "stuck"}, "body": ""}
+    app.redis.hset(where.unacked, "stuck", json.dumps([stuck, "some.exchange", "q"]))
+    app.redis.zadd(where.unacked_index, {"stuck": time.time() - 3600})  # the oldest
+    submit(tasks.echo, {"id": "lapsed", "value": 0})
+    tag = _reserve(tasks.echo.queue)
+    app.redis.zadd(where.unacked_index, {tag: time.time() - 1800})
+    assert LeaseKeeper(app, list).reap() == 1
+    assert app.redis.llen(tasks.echo.queue) == 1  # the lapsed one is back on its queue
+    assert app.redis.hexists(where.unacked, "stuck")  # the other is kombu's to redeliver

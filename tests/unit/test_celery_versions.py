@@ -223,3 +223,21 @@ def test_a_lost_run_is_handed_to_the_task(report: Any, error_type: str) -> None:
     assert lost.hostname == "w1@host"
     assert lost.started_at is not None and abs(lost.started_at.timestamp() - time.time()) < 5
     assert acks == [True]
+
+
+def test_the_hook_is_found_without_source_files() -> None:
+    # kombu installed as bytecode only: getsource fails, the code's constants still hold
+    # the hook's keyword.
+    namespace: dict[str, object] = {}
+    exec(
+        compile(
+            "def _put(self, queue, message, **kwargs):\n"
+            "    batch = kwargs.pop('_publish_batch', None)\n",
+            "<no source>",
+            "exec",
+        ),
+        namespace,
+    )
+    from vox_flow._celery.versions import _source
+
+    assert "_publish_batch" in _source(namespace["_put"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import weakref
 from bisect import bisect
 from dataclasses import dataclass
@@ -57,20 +56,18 @@ class RedisLayout:
         return self.prefix + name
 
 
+# No lock: this is read on every submit, renewal and settle, and a lock held by another
+# thread at a fork would deadlock the child. Two threads missing at once both read the
+# (same) layout; the last write wins.
 _layouts: weakref.WeakKeyDictionary[Celery, RedisLayout] = weakref.WeakKeyDictionary()
-_lock = threading.Lock()
 
 
 def layout(app: Celery) -> RedisLayout:
     """The layout of ``app``'s broker transport (read once per app from a channel)."""
-    with _lock:
-        found = _layouts.get(app)
-    if found is not None:
-        return found
-    with app.connection_for_write() as connection:
-        found = RedisLayout.of_channel(connection.default_channel)
-    with _lock:
-        _layouts[app] = found
+    found = _layouts.get(app)
+    if found is None:
+        with app.connection_for_write() as connection:
+            found = _layouts[app] = RedisLayout.of_channel(connection.default_channel)
     return found
 
 

@@ -14,7 +14,7 @@ import functools
 import inspect
 import re
 from importlib import metadata
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -71,6 +71,15 @@ def problems(kombu_version: str, celery_version: str, sources: Mapping[str, str]
     return found
 
 
+def _source(method: Any) -> str:
+    """The method's source, or (installed without .py files) the strings its code holds:
+    the hook's keyword is one of them either way."""
+    try:
+        return inspect.getsource(method)
+    except (OSError, TypeError):
+        return " ".join(c for c in method.__code__.co_consts if isinstance(c, str))
+
+
 @functools.cache
 def check_transport() -> None:
     """Raise IncompatibleCelery, naming the versions, unless this Celery/kombu will do."""
@@ -80,7 +89,7 @@ def check_transport() -> None:
     found = problems(
         metadata.version("kombu"),
         metadata.version("celery"),
-        {name: inspect.getsource(getattr(kombu_redis.Channel, name)) for name in HOOKED},
+        {name: _source(getattr(kombu_redis.Channel, name)) for name in HOOKED},
     )
     if found:
         raise IncompatibleCelery(

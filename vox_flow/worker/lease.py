@@ -24,6 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import bootsteps
 
 from vox_flow._celery.delivered import delivered, tags
@@ -79,7 +80,17 @@ class LeaseKeeper:
         """Take back messages whose lease lapsed (their worker is gone): requeued, or
         dead-lettered at their take-back limit. Returns how many were requeued."""
         deadline = time.time() - self.app.settings.lease_seconds
-        outcomes = [settle(self.app, tag, lost=False) for tag in expired(self.app, deadline)]
+        outcomes = []
+        for tag in expired(self.app, deadline):
+            try:
+                outcomes.append(settle(self.app, tag, lost=False))
+            except redis.RedisError:
+                raise  # the broker: this round is over, the keeper tries again
+            except Exception:
+                # One message vox_flow cannot settle (a plain task sent through a named
+                # exchange, say) must not stop every later take-back: kombu's own
+                # visibility timeout is left to deliver it again.
+                log.exception("cannot take back message %s; leaving it to kombu", tag)
         count, dead = outcomes.count("requeued"), outcomes.count("dead_lettered")
         if count:
             log.warning("took back %d message(s) whose worker stopped renewing", count)
