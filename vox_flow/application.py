@@ -1,8 +1,9 @@
 """``VoxFlow``: a Celery app that also carries vox_flow's settings, its typed-task registry and
 a Redis client for vox_flow's own keys.
 
-Building one has no effect outside the object: ``vox_flow.app.create_app`` configures it and
-attaches the worker side; nothing here reads the environment or touches global state.
+``vox_flow.app.create_app`` configures one and attaches the worker side; nothing here reads
+the environment. (Celery itself makes each new app its "current app", as for any Celery app;
+opentelemetry-instrumentation-celery finds a worker's tasks through it.)
 """
 
 from __future__ import annotations

@@ -33,10 +33,6 @@ SCHED_STATE = "vf:sched:s:"  # + schedule name -> hash of its state
 SCHED_GENERATION = "vf:sched:generation"  # bumped by `vox-flow schedules reload`
 
 
-def idem_submit(key: str) -> str:
-    return IDEM_SUBMIT + key
-
-
 def idem_done(key: str) -> str:
     return IDEM_DONE + key
 
@@ -51,7 +47,3 @@ def attempts(task_id: str) -> str:
 
 def dlq_entry(letter_id: str) -> str:
     return DLQ_ENTRY + letter_id
-
-
-def sched_state(name: str) -> str:
-    return SCHED_STATE + name

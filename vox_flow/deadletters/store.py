@@ -27,9 +27,6 @@ if TYPE_CHECKING:
 
     import redis
 
-INDEX_KEY = _INDEX
-
-
 # KEYS: entry hash. ARGV: task id, payload json, now.
 # Returns {state, task id, payload json}; 'started' means this call moved it to replaying.
 _BEGIN_REPLAY_LUA = """
