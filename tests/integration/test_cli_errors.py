@@ -137,7 +137,7 @@ def test_an_effect_that_fails_is_pending_and_says_so(
         "pending: the leading `vox-flow control` (the audit outbox) will finish it within "
         "VOX_FLOW_CONTROL_OUTBOX_RETRY_SECONDS. It failed because: "
         f"the broker at {shown} refused a command: this user has no permissions to run the "
-        "'hset' command\n"
+        "'evalsha' command\n"
     )
     store = open_store(Settings(data_dir=data_dir))
     try:
