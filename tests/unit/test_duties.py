@@ -338,6 +338,20 @@ def test_an_end_hook_that_fails_is_logged_and_the_others_still_run(
     assert any("the sloppy duty failed to end its term" in r.getMessage() for r in caplog.records)
 
 
+def _failed_pause(auditor: Auditor) -> AuditEntry:
+    """Pause schedule "nightly" with an effect that fails: the entry stays, its row pending."""
+    crashing = Effects()
+
+    @crashing.outside(PAUSE)
+    def _crash(entry: AuditEntry) -> None:
+        raise ConnectionError("the broker went away")
+
+    with pytest.raises(EffectFailed) as failed:
+        perform(auditor.store, auditor.signer, crashing, actor="ann", action=PAUSE,
+                target="nightly", reason="maintenance")  # fmt: skip
+    return failed.value.entry
+
+
 def test_the_outbox_duty_finishes_effects_left_pending_while_it_leads(
     harness: Harness, data_dir: Path
 ) -> None:
@@ -347,17 +361,9 @@ def test_the_outbox_duty_finishes_effects_left_pending_while_it_leads(
     _until(marker.running, "every begin to have run")  # the term's own resume is over
     settings = Settings(broker_url=harness.app.conf.broker_url, data_dir=data_dir)
     auditor = Auditor.open(settings)
-    crashing = Effects()
-
-    @crashing.outside(PAUSE)
-    def _crash(entry: AuditEntry) -> None:
-        raise ConnectionError("the broker went away")
-
     schedules = ScheduleStore(harness.app.redis)
     try:
-        with pytest.raises(EffectFailed):
-            perform(auditor.store, auditor.signer, crashing, actor="ann", action=PAUSE,
-                    target="nightly", reason="maintenance")  # fmt: skip
+        _failed_pause(auditor)
         # No new term starts: only the duty's periodic retry can finish it.
         _eventually(
             lambda: pending(auditor.store) == [] and schedules.state("nightly").paused,
@@ -376,18 +382,9 @@ def test_an_outbox_retry_neither_runs_a_young_row_nor_undoes_a_later_action(
     # finally runs the old pause, the schedule must stay resumed.
     settings = Settings(broker_url=harness.app.conf.broker_url, data_dir=data_dir)
     auditor = Auditor.open(settings)
-    crashing = Effects()
-
-    @crashing.outside(PAUSE)
-    def _crash(entry: AuditEntry) -> None:
-        raise ConnectionError("the broker went away")
-
     schedules = ScheduleStore(harness.app.redis)
     try:
-        with pytest.raises(EffectFailed) as failed:
-            perform(auditor.store, auditor.signer, crashing, actor="ann", action=PAUSE,
-                    target="nightly", reason="maintenance")  # fmt: skip
-        seq = failed.value.entry.seq
+        seq = _failed_pause(auditor).seq
         # A retry only takes rows left alone for a whole period: this one is too young.
         assert pending(auditor.store, untouched_since_us=now_us() - 60_000_000) == []
         assert pending(auditor.store, untouched_since_us=now_us() + 1) == [seq]
