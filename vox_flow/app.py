@@ -19,7 +19,7 @@ from vox_flow.config import Settings, load_settings
 if TYPE_CHECKING:
     app: VoxFlow
 
-__all__ = ["VoxFlow", "app", "configure", "create_app"]
+__all__ = ["AlreadyConfigured", "VoxFlow", "app", "configure", "create_app"]
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
@@ -76,14 +76,18 @@ _lock = threading.Lock()
 _default: VoxFlow | None = None
 
 
+class AlreadyConfigured(RuntimeError):
+    """``configure`` was called once ``app`` existed."""
+
+
 def configure(settings: Settings) -> VoxFlow:
     """Build ``app`` from ``settings`` instead of the environment (for a process that embeds
-    vox_flow, or a test session). Call it before anything uses ``app``; raises RuntimeError
-    once ``app`` exists."""
+    vox_flow, or a test session). Call it before anything uses ``app``; raises
+    AlreadyConfigured once ``app`` exists."""
     global _default
     with _lock:
         if _default is not None:
-            raise RuntimeError(
+            raise AlreadyConfigured(
                 "vox_flow.app.app is already built (something used it before configure())"
             )
         _default = create_app(settings)

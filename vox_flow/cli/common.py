@@ -241,9 +241,7 @@ def app(*, probe: bool = True) -> VoxFlow:
     url = broker_url()
     try:
         return composition.configure(settings().model_copy(update={"broker_url": url}))
-    except RuntimeError:
-        if composition._default is None:
-            raise  # not configure's refusal: building the app failed
+    except composition.AlreadyConfigured:
         # Built already: this process embeds the CLI (a test, a program calling main()).
         built = composition.app
         if built.conf.broker_url != url:
