@@ -39,10 +39,21 @@ def create_app(settings: Settings | None = None) -> VoxFlow:
     app = VoxFlow(settings)
     app.conf.update(
         broker_url=broker,
+        broker_transport=transport_for(broker),
         result_backend=settings.result_backend or broker,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": KOMBU_VISIBILITY_TIMEOUT},
+        broker_transport_options={
+            "visibility_timeout": KOMBU_VISIBILITY_TIMEOUT,
+            # An acknowledgement that meets a broker outage is retried while the message's
+            # lease could still be renewed; after that it would come back to a queue anyway.
+            "ack_retry_seconds": settings.lease_seconds,
+        },
         result_backend_transport_options={"visibility_timeout": KOMBU_VISIBILITY_TIMEOUT},
+        # A result that meets a broker outage is stored once the broker is back (for about
+        # 20 s), not dropped: a run that finished must not look lost.
+        result_backend_always_retry=True,
+        result_backend_max_retries=20,
+        result_backend_max_sleep_between_retries_ms=1000,
         # JSON only: pickle would let a message execute code in the worker.
         task_serializer="json",
         result_serializer="json",
@@ -70,6 +81,14 @@ def create_app(settings: Settings | None = None) -> VoxFlow:
 
     install(app)
     return app
+
+
+def transport_for(broker_url: str) -> str | None:
+    """vox_flow's own transport (the atomic fetch, _celery/transport.py) for a ``redis://``
+    broker; None (kombu's choice by scheme) for any other."""
+    if broker_url.partition("://")[0] == "redis":
+        return "vox_flow._celery.transport:Transport"
+    return None
 
 
 _lock = threading.Lock()

@@ -10,10 +10,16 @@ from __future__ import annotations
 # --- task queues (kombu's lists, named by vox_flow: tasks.py)
 QUEUE_PREFIX = "vf."  # + task name -> the task's own queue (kombu adds priority suffixes)
 
-# --- idempotency (idempotency.py; the submit key is written by submit's enqueue script)
-IDEM_SUBMIT = "vf:idem:submit:"  # + key -> "task id trace id" of the first run
-IDEM_DONE = "vf:idem:done:"  # + key -> the completed run's result
-IDEM_CLAIM = "vf:idem:claim:"  # + key -> token of the run holding the claim (a lease)
+# --- idempotency (idempotency.py; the submit key is written by submit's enqueue script).
+# A key is scoped to its task: the same key given to two tasks names two effects.
+IDEM_SUBMIT = "vf:idem:submit:"  # + scoped key -> "task id trace id" of the first run
+IDEM_DONE = "vf:idem:done:"  # + scoped key -> the completed run's result
+IDEM_CLAIM = "vf:idem:claim:"  # + scoped key -> token of the run holding the claim (a lease)
+
+# --- bells (_celery/transport.py): one short list per queue, pushed to whenever a message is
+# put on the queue, so that consumers blocked on it wake and run their atomic fetch.
+BELL = "vf:bell:"  # + queue name (kombu's global_keyprefix in front, as for its own keys)
+UNREADABLE = "vf:unreadable"  # list of the last 1,000 queue entries that were not messages
 
 # --- attempts (attempts.py)
 ATTEMPTS = "vf:attempts:"  # + task id -> list of Attempt JSON
@@ -33,12 +39,22 @@ SCHED_STATE = "vf:sched:s:"  # + schedule name -> hash of its state
 SCHED_GENERATION = "vf:sched:generation"  # bumped by `vox-flow schedules reload`
 
 
-def idem_done(key: str) -> str:
-    return IDEM_DONE + key
+def scoped_key(task_name: str, key: str) -> str:
+    """An idempotency key scoped to its task; the length prefix keeps any two
+    (task, key) pairs apart whatever characters either holds."""
+    return f"{len(task_name)}:{task_name}:{key}"
 
 
-def idem_claim(key: str) -> str:
-    return IDEM_CLAIM + key
+def idem_submit(task_name: str, key: str) -> str:
+    return IDEM_SUBMIT + scoped_key(task_name, key)
+
+
+def idem_done(task_name: str, key: str) -> str:
+    return IDEM_DONE + scoped_key(task_name, key)
+
+
+def idem_claim(task_name: str, key: str) -> str:
+    return IDEM_CLAIM + scoped_key(task_name, key)
 
 
 def attempts(task_id: str) -> str:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
 
-class _Commands:
+class Commands:
     """Collects the Redis commands kombu would run for one publish (kombu's batch hook)."""
 
     def __init__(self) -> None:
@@ -54,7 +54,7 @@ def capture(
     message = channel.prepare_message(
         data, priority, content_type, content_encoding, headers, properties
     )
-    commands = _Commands()
+    commands = Commands()
     channel.basic_publish(
         message, exchange=exchange, routing_key=routing_key, _publish_batch=commands
     )

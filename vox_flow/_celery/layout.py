@@ -18,6 +18,8 @@ from bisect import bisect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vox_flow.keyspace import BELL
+
 if TYPE_CHECKING:
     from celery import Celery
 
@@ -54,6 +56,11 @@ class RedisLayout:
         step = steps[max(0, bisect(steps, priority or 0) - 1)]
         name = routing_key if step == 0 else f"{routing_key}{self.sep}{step}"
         return self.prefix + name
+
+    def bell(self, routing_key: str) -> str:
+        """The server-side bell of queue ``routing_key``: push to it after putting a message
+        on the queue, and consumers waiting on it fetch at once (transport.py)."""
+        return self.prefix + BELL + routing_key
 
 
 # No lock: this is read on every submit, renewal and settle, and a lock held by another

@@ -141,6 +141,7 @@ def settle(
         message.setdefault("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
         queue = where.queue(routing_key, message.get("properties", {}).get("priority"))
         writes.append(("RPUSH", queue, json.dumps(message)))
+        writes.append(("LPUSH", where.bell(routing_key), "1"))  # wake a waiting consumer
     if not _compare_and_run(client, where.unacked, delivery_tag, raw, writes):
         return "gone"
     if letter is not None:
