@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 
 from vox_flow.app import app as vox_app
@@ -16,6 +18,8 @@ app.conf.update(
     task_ignore_result=True,
     task_default_queue="raw",
     broker_connection_retry_on_startup=True,
+    # kombu's own Redis transport unless the benchmark names another (its atomic-fetch pair).
+    broker_transport=os.environ.get("BENCH_TRANSPORT") or None,
 )
 
 

@@ -16,6 +16,10 @@ late acknowledgement everywhere, Redis on loopback without persistence):
     worker`` vs on a default ``celery worker`` (prefork, one child per core), ratio
     ``ratio_worker_layout``; ``raw_celery_default_per_s``: a plain Celery app and task on a
     default ``celery worker``, for reference.
+* fetch: the cost of vox_flow's atomic fetch (vox_flow/_celery/transport.py) alone: the raw
+  Celery app and task on one ``celery worker -P solo`` process, with kombu's Redis transport
+  (``kombu_fetch_per_s``) and with vox_flow's (``atomic_fetch_per_s``), rounds alternating;
+  ratio ``ratio_atomic_fetch``.
 * submit: ``submit_many`` (batches of 500) vs a loop of raw Celery's ``apply_async``
   (``ratio_submit_many``); p50/p99 latency of one ``submit`` (and of ``apply_async``).
 """
@@ -89,9 +93,12 @@ class Bench:
 
         return self._ready(args, processes or Settings().worker_processes)
 
-    def _ready(self, args: list[str], count: int) -> subprocess.Popen[bytes]:
+    def _ready(
+        self, args: list[str], count: int, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         # Celery logs " ready." at INFO; warning level hides it, so wait on the broker instead.
-        proc = subprocess.Popen(args, env=self.env, cwd=ROOT, start_new_session=True,
+        proc = subprocess.Popen(args, env={**self.env, **(env or {})}, cwd=ROOT,
+                                start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         self.redis.delete(GO)
         deadline = time.monotonic() + 60
@@ -104,11 +111,16 @@ class Bench:
         return proc
 
     def _blocked_on_go(self) -> int:
+        # kombu's consumers block in BRPOP on GO, vox_flow's on GO's bell: both show "brpop".
         return sum(1 for c in self.redis.client_list() if c.get("cmd") == "brpop")
 
-    def celery_worker(self, app: str) -> subprocess.Popen[bytes]:
+    def celery_worker(
+        self, app: str, pool: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", GO, "-l", "warning"]
-        return self._ready(args, 1)
+        if pool:
+            args += ["-P", pool]
+        return self._ready(args, 1, env)
 
     # --- filling and draining -------------------------------------------------------------
     def fill_typed(self, n: int) -> str:
@@ -184,6 +196,33 @@ class Bench:
         )
         return out
 
+    def fetch_figures(self) -> dict[str, float]:
+        """One solo worker of the raw app, kombu's transport vs vox_flow's, rounds alternating."""
+        n, kombu, atomic = self.n_drain, [], []
+        transports = {"kombu": "", "atomic": "vox_flow._celery.transport:Transport"}
+        for round_ in range(self.rounds):
+            order = ["kombu", "atomic"] if round_ % 2 == 0 else ["atomic", "kombu"]
+            for name in order:
+                env = {"BENCH_TRANSPORT": transports[name]}
+                worker = self.celery_worker("bench.raw_app", pool="solo", env=env)
+                try:
+                    self.drain(self.fill_plain(200, self.raw.noop, self.raw.app), 200)
+                    rate = self.drain(self.fill_plain(n, self.raw.noop, self.raw.app), n)
+                finally:
+                    self.stop(worker)
+                (kombu if name == "kombu" else atomic).append(rate)
+                self.redis.flushall()
+        out: dict[str, float] = {
+            "kombu_fetch_per_s": round(max(kombu)),
+            "atomic_fetch_per_s": round(max(atomic)),
+        }
+        out["ratio_atomic_fetch"] = round(out["atomic_fetch_per_s"] / out["kombu_fetch_per_s"], 2)
+        out["fetch_rounds"] = {  # type: ignore[assignment]
+            "kombu": [round(r) for r in kombu],
+            "atomic": [round(r) for r in atomic],
+        }
+        return out
+
     def drain_figures(self) -> dict[str, float]:
         """Rounds alternate the layouts so drift on a noisy machine falls on both sides of
         every ratio; each figure is the best round of its series."""
@@ -253,6 +292,7 @@ def main() -> int:
         figures: dict[str, object] = {"quick": args.quick, "cpus": os.cpu_count()}
         figures.update(bench.submit_figures())
         figures.update(bench.drain_figures())
+        figures.update(bench.fetch_figures())
         figures["seconds"] = round(time.monotonic() - began, 1)
     finally:
         server.stop()
