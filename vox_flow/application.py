@@ -9,6 +9,7 @@ opentelemetry-instrumentation-celery finds a worker's tasks through it.)
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
 # How a typed task runs in a worker: (typed task, bound Celery task, payload) -> result.
 RunTyped = Callable[[Any, Any, Any], Any]
+# Builds the result backend of an app's typed tasks (see VoxFlow.typed_backend).
+BuildBackend = Callable[["VoxFlow"], Any]
 
 
 def _not_wired(typed: Any, task: Any, payload: Any) -> Any:
@@ -43,6 +46,7 @@ class VoxFlow(Celery):
         self.run_typed: RunTyped = _not_wired
         self._redis: redis.Redis | None = None
         self._redis_pid = 0
+        self._typed_backends = threading.local()
 
     @property
     def redis(self) -> redis.Redis:
@@ -51,3 +55,16 @@ class VoxFlow(Celery):
             self._redis = redis.Redis.from_url(self.conf.broker_url)
             self._redis_pid = os.getpid()
         return self._redis
+
+    def typed_backend(self, build: BuildBackend) -> Any:
+        """This thread's result backend for the typed tasks: the one ``build(self)`` made the
+        first time this thread asked (one per thread, as Celery keeps ``backend``).
+
+        A worker's typed tasks store their results through it (worker/execution.py builds a
+        Redis backend that writes a run's buffered attempt records with its result:
+        vox_flow/_celery/backend.py); everything else uses Celery's ``backend``.
+        """
+        backend = getattr(self._typed_backends, "backend", None)
+        if backend is None:
+            backend = self._typed_backends.backend = build(self)
+        return backend

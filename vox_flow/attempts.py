@@ -5,6 +5,10 @@ acknowledged. Records of successful attempts are buffered (:meth:`AttemptLog.rec
 and written by the worker runtime's keeper thread every ``FLUSH_SECONDS`` (one pipelined
 write for many runs), so the common case costs no broker round trip; a worker killed inside
 that window loses the records of its last successful runs, not the runs or their results.
+A run's result, when a Redis result backend stores it, carries that run's buffered records
+in the same transaction (:meth:`AttemptLog.take`, vox_flow/_celery/backend.py): whoever
+sees the result sees its attempts. With another result backend, or results ignored, they
+follow within ``FLUSH_SECONDS``.
 
 :meth:`AttemptLog.writes` is the one definition of the format: ``record`` sends it, and the
 settle step (worker/settle.py) runs it inside its compare-and-move script.
@@ -33,6 +37,7 @@ class AttemptLog:
         self.client = client
         self.ttl = ttl
         self._pending: list[tuple[str, str]] = []
+        self._in_flight: set[str] = set()  # task ids whose records a flush is writing now
         self._lock = threading.Lock()  # guards the buffer (record_soon holds it briefly)
         # Held for a whole flush, so that list() waits for a flush another thread started
         # and sees every record buffered before it was called.
@@ -62,6 +67,7 @@ class AttemptLog:
         with self._flushing:
             with self._lock:
                 pending, self._pending = self._pending, []
+                self._in_flight = {task_id for task_id, _ in pending}
             if not pending:
                 return
             try:
@@ -74,6 +80,39 @@ class AttemptLog:
                 with self._lock:  # kept, in order, for the next flush
                     self._pending[:0] = pending
                 raise
+            finally:
+                with self._lock:
+                    self._in_flight = set()
+
+    def take(self, task_id: str) -> builtins.list[str]:
+        """Remove ``task_id``'s buffered records (JSON, oldest first) and return them, for a
+        caller that writes them itself (:meth:`writes_of`); if its write fails, it hands them
+        back with :meth:`put_back`. A flush writing earlier records of ``task_id`` is waited
+        for, so each record is either returned here or already written."""
+        taken: builtins.list[str] = []
+        while True:
+            with self._lock:
+                mine = [record for tid, record in self._pending if tid == task_id]
+                if mine:
+                    self._pending = [item for item in self._pending if item[0] != task_id]
+                taken[:0] = mine  # a failed flush puts back records older than those taken
+                busy = task_id in self._in_flight
+            if not busy:
+                return taken
+            with self._flushing:  # the flush ends (written, or its records put back)
+                pass
+
+    def put_back(self, task_id: str, records: builtins.list[str]) -> None:
+        """Buffer records :meth:`take` returned again, ahead of newer ones, for the next flush."""
+        if records:
+            with self._lock:
+                self._pending[:0] = [(task_id, record) for record in records]
+
+    def writes_of(
+        self, task_id: str, records: builtins.list[str]
+    ) -> builtins.list[tuple[str, ...]]:
+        """The Redis commands that append ``records`` (JSON, as :meth:`take` returns them)."""
+        return [command for record in records for command in self._writes(task_id, record)]
 
     def list(self, task_id: str) -> builtins.list[Attempt]:
         """Every recorded attempt of ``task_id``, oldest first (this log's buffered ones

@@ -49,7 +49,9 @@ class TaskHandle(Generic[Out]):
         return self.output_model.model_validate(value)
 
     def attempts(self) -> list[Attempt]:
-        """Every attempt recorded for this run so far."""
+        """Every attempt recorded for this run so far, oldest first. Once :meth:`result`
+        returned, its successful attempt is among them (with a Redis result backend the
+        record is written with the result; with another, it follows within 50 ms)."""
         return AttemptLog(self.app.redis, self.app.settings.attempts_ttl_seconds).list(self.id)
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from vox_flow.app import app
 from vox_flow.contracts.task import HEADER_TAKEBACKS
 from vox_flow.deadletters.store import DeadLetterStore
 from vox_flow.errors import TaskFailed
+from vox_flow.keyspace import idem_claim
 from vox_flow.submit import publish, submit, submit_many
 from vox_flow.worker.lease import LeaseKeeper
 from vox_flow.worker.settle import settle
@@ -147,7 +148,11 @@ def test_effect_runs_once_per_key_when_delivered_twice(
     payload = tasks.Item(id="e", value=1500)  # each run takes 1.5 s
     # The same run delivered twice (as a redelivery does), the second while the first runs.
     first = publish(tasks.effect, payload, task_id="twice", effect_key="charge-e")
-    wait_for(lambda: app.redis.exists("vf:idem:claim:charge-e"), 30, "the first run's claim")
+    wait_for(
+        lambda: app.redis.exists(idem_claim(tasks.effect.name, "charge-e")),
+        30,
+        "the first run's claim",
+    )
     publish(tasks.effect, payload, task_id="twice", effect_key="charge-e")
     assert first.result(timeout=60).value == 1
 

@@ -1,48 +1,36 @@
 """The worker runtime against real Redis servers: one runtime per (process, app).
 
 Two apps in one process, each on its own Redis server, each run by Celery's embedded worker
-(``celery.contrib.testing.worker``) in this process: each app's idempotency claims must be
-renewed on that app's server. The old runtime started one renewal thread per process, bound
+(tests/inprocess/private.py) in this process: each app's idempotency claims must be renewed
+on that app's server. The old runtime started one renewal thread per process, bound
 to the first app that ran a keyed task, so the second app's claims lapsed mid-run (and the
 effect could then run twice).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import threading
 import time
 import uuid
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from celery import _state, signals
-from celery.contrib.testing import worker as embedded
-from celery.worker import state
 from pydantic import BaseModel
 
-from vox_flow.app import create_app
+from tests.inprocess.private import embedded_worker, private_app
 from vox_flow.application import VoxFlow
 from vox_flow.broker.server import RedisServer
-from vox_flow.config import Settings
 from vox_flow.keyspace import idem_claim, idem_done
 from vox_flow.submit import submit
 from vox_flow.tasks import typed_task
-from vox_flow.worker.install import TelemetryStep
 from vox_flow.worker.runtime import WorkerRuntime
 from vox_flow.worker.settle import _compare_and_run
 
 LEASE = 2.0  # the shortest lease Settings allows is just over 1 s
 FAST = {"lease_seconds": LEASE, "lease_renew_seconds": 0.2, "reaper_interval_seconds": 0.2}
-# Set by Celery's logging setup for the processes it forks: not this test's to keep.
-_CELERY_ENV = ("CELERY_LOG_LEVEL", "CELERY_LOG_FILE",
-               "_MP_FORK_LOGLEVEL_", "_MP_FORK_LOGFILE_", "_MP_FORK_LOGFORMAT_")  # fmt: skip
 
 
 class Job(BaseModel):
@@ -54,46 +42,11 @@ class Done(BaseModel):
 
 
 def _app(url: str) -> VoxFlow:
-    app = create_app(Settings(broker_url=url, **FAST))  # type: ignore[arg-type]
-    # This process is a test, not an entry point: leave OpenTelemetry's globals alone.
-    app.steps["worker"].discard(TelemetryStep)
-    return app
+    return private_app(url, **FAST)
 
 
-@contextmanager
-def _worker(app: VoxFlow, name: str) -> Iterator[None]:
-    """Celery's embedded worker for ``app`` in a thread of this process, without letting it
-    reconfigure the process for good (logging, warning filters, environment, default app)."""
-
-    def configured(**_: Any) -> None:
-        return None  # the process's logging is set up already (pytest's capture)
-
-    saved_env = {key: os.environ.get(key) for key in _CELERY_ENV}
-    saved_default, saved_current = _state.default_app, _state.get_current_app()
-    signals.setup_logging.connect(configured, weak=False)
-    state.should_terminate = None
-    try:
-        with (
-            warnings.catch_warnings(),
-            embedded.start_worker(
-                app,
-                pool="solo",
-                hostname=f"{name}@runtime",
-                perform_ping_check=False,
-                shutdown_timeout=15.0,
-            ),
-        ):
-            yield
-        logging.captureWarnings(False)
-    finally:
-        signals.setup_logging.disconnect(configured)
-        _state.set_default_app(saved_default)
-        saved_current.set_current()
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def _worker(app: VoxFlow, name: str) -> AbstractContextManager[Any]:
+    return embedded_worker(app, name)
 
 
 def _pexpires(client: redis.Redis) -> int:
@@ -143,9 +96,10 @@ def test_each_app_keeps_its_claims_alive_on_its_own_redis(
         # thread to this app for the rest of the process.
         with _worker(first_app, "first"):
             assert submit(quick, {"id": "a"}, idempotency_key="first-key").result(10).id == "a"
-        assert first_redis.exists(idem_done("first-key"))
+        assert first_redis.exists(idem_done(quick.name, "first-key"))
 
-        key, claim = f"second-key-{suffix}", idem_claim(f"second-key-{suffix}")
+        key = f"second-key-{suffix}"
+        claim = idem_claim(held.name, key)
         pexpires_on_first = _pexpires(first_redis)
         with _worker(second_app, "second"):
             handle = submit(held, {"id": "b"}, idempotency_key=key)
@@ -155,7 +109,7 @@ def test_each_app_keeps_its_claims_alive_on_its_own_redis(
             finally:
                 release.set()  # on a failure too: the worker stops once its run returns
             assert handle.result(10).id == "b"
-        assert second_redis.exists(idem_done(key)) and not second_redis.exists(claim)
+        assert second_redis.exists(idem_done(held.name, key)) and not second_redis.exists(claim)
         # Nothing of the second app's run reached the first server: no renewal sent there,
         # no key of its written there.
         assert _pexpires(first_redis) == pexpires_on_first

@@ -9,5 +9,9 @@ Each assumption lives in one module here, with a unit test and a version gate
   live channel (so ``broker_transport_options`` such as ``global_keyprefix`` are honoured);
 * ``delivered``: what a worker's consumer holds (kombu's ``QoS._delivered``);
 * ``request``: Celery's worker ``Request``, told when a run is lost to a dead child or a hard
-  time limit.
+  time limit;
+* ``transport``: kombu's Redis transport with an atomic fetch (pop and reserve in one step),
+  per-queue bells, fresh delivery tags and acknowledgements retried across a broker blip;
+* ``backend``: Celery's Redis result backend, writing a run's buffered attempt records with
+  its result.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -13,6 +14,15 @@ HEADER_KEY = "vf_key"  # the idempotency key of the effect
 HEADER_ATTEMPT = "vf_attempt"  # the number of the attempt this message starts (1-based)
 HEADER_TAKEBACKS = "vf_takebacks"  # times taken back from a worker that stopped renewing
 
+# What Flower shows as a typed task's args (``argsrepr``): see shown_args.
+ARGSREPR_MAX = 1024  # characters, Celery's own limit
+
+
+def shown_args(payload: Any) -> str:
+    """A typed task's ``argsrepr``: its payload's compact JSON (the JSON value sent), cut to
+    ``ARGSREPR_MAX`` characters; the same on the first message and on every retry."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))[:ARGSREPR_MAX]
+
 
 class AttemptOutcome(StrEnum):
     """How one attempt of a task ended."""
@@ -23,6 +33,10 @@ class AttemptOutcome(StrEnum):
     INVALID = "invalid"  # the payload failed validation in the worker
     LOST = "lost"  # the worker process died (crash, SIGKILL, hard time limit)
     SKIPPED = "skipped"  # the idempotency key's effect had already run
+    # The function returned, but its idempotency key's completion could not be stored before
+    # the key's claim could lapse (the broker was unreachable): the message goes back to its
+    # queue, and the effect may run again. Not a success: nothing recorded that it happened.
+    UNCONFIRMED = "unconfirmed"
 
 
 class Attempt(BaseModel):

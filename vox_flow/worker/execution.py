@@ -2,6 +2,11 @@
 
 Attempts are numbered by the ``vf_attempt`` message header, which vox_flow raises on every
 retry and on every run lost to a dead worker (settle.py), so the count survives redelivery.
+
+A keyed run's completion is stored while its claim is still renewed; a broker outage meets
+retries with backoff until the claim could have lapsed. Past that, the attempt is recorded
+``unconfirmed`` and the message goes back to its queue (Celery's ``Reject(requeue=True)``):
+the effect may then run again, as with a worker that died just after it.
 """
 
 from __future__ import annotations
@@ -11,10 +16,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
+from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
+from vox_flow._celery.backend import for_typed_tasks
 from vox_flow._celery.request import LostRun, LostRunRequest
 from vox_flow.contracts.task import (
     HEADER_ATTEMPT,
@@ -22,9 +30,12 @@ from vox_flow.contracts.task import (
     Attempt,
     AttemptOutcome,
     DeadLetterReason,
+    shown_args,
 )
 from vox_flow.deadletters.store import build_letter
 from vox_flow.errors import DeadLettered, PayloadError
+from vox_flow.idempotency import CompletionNotStored
+from vox_flow.keyspace import scoped_key
 from vox_flow.results import encode_result, unwrap
 from vox_flow.telemetry import current_trace_id
 from vox_flow.worker.runtime import WorkerRuntime
@@ -40,6 +51,19 @@ class VoxTask(Task):  # type: ignore[type-arg]
 
     Request = LostRunRequest  # type: ignore[assignment]  # Celery accepts the class itself
     typing = False  # the payload is checked by pydantic, not by Celery's signature check
+
+    @property
+    def backend(self) -> Any:
+        """Where this task's states and results are stored: with a Redis result backend, one
+        that writes a run's buffered attempt records with its result (_celery/backend.py)."""
+        if self._backend is not None:  # set explicitly, as Celery allows
+            return self._backend
+        app: VoxFlow = self.app  # type: ignore[assignment]  # always a VoxFlow here
+        return app.typed_backend(_build_backend)
+
+    @backend.setter
+    def backend(self, value: Any) -> None:
+        self._backend = value
 
     def run_lost(self, lost: LostRun) -> bool:
         """Settle a run Celery saw die: requeued with its attempt counted, or dead-lettered."""
@@ -58,8 +82,36 @@ class VoxTask(Task):  # type: ignore[type-arg]
         return True
 
 
+def _build_backend(app: VoxFlow) -> Any:
+    # The runtime is looked up at each write: a forked child gets a fresh one.
+    return for_typed_tasks(app, lambda: WorkerRuntime.of(app).attempts)
+
+
+# What a broker outage raises in vox_flow's own writes around a run (claims, attempt records,
+# dead letters, a retry's publish through kombu).
+_BROKER_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+
+
 def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
-    """Run one attempt of ``typed`` for the current Celery request."""
+    """Run one attempt of ``typed`` for the current Celery request.
+
+    A broker error in vox_flow's own bookkeeping (not in the task's function, whose errors
+    go to its retry policy) gives the message back to its queue, to run again once the broker
+    is back: it is never acknowledged as failed. Celery turns a retry whose publish failed into
+    a rejection that drops the message; that is turned into one that requeues it.
+    """
+    try:
+        return _execute(typed, task, payload)
+    except Reject as exc:
+        reason, requeue = exc.args[0], exc.args[1]  # Celery's stubs omit the attributes
+        if not requeue and isinstance(reason, _BROKER_ERRORS):
+            raise Reject(reason, requeue=True) from exc
+        raise
+    except _BROKER_ERRORS as exc:
+        raise Reject(exc, requeue=True) from exc
+
+
+def _execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
     runtime = WorkerRuntime.of(typed.app)
     runtime.start()  # its keeper writes the buffered attempt records (record_soon)
     request = task.request
@@ -118,19 +170,25 @@ def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
     except ValidationError as exc:
         error = PayloadError.from_validation(typed.name, exc)
         dead_letter(DeadLetterReason.INVALID_PAYLOAD, error, AttemptOutcome.INVALID)
+    # What Flower shows as args on a retry: the payload's JSON, as submit sends it (Celery's
+    # default would be a Python repr). A dict: Celery's stubs leave ``argsrepr`` out.
+    shown: dict[str, Any] = {"argsrepr": shown_args(model.model_dump(mode="json"))}
 
     token = ""
-    if key is not None:
+    scoped = scoped_key(typed.name, key) if key is not None else None
+    lease = typed.app.settings.lease_seconds
+    if scoped is not None:
         token = f"{request.id}:{number}:{uuid.uuid4().hex[:8]}"
-        claim = runtime.idempotency.claim(key, token, typed.app.settings.lease_seconds)
+        claim = runtime.idempotency.claim(scoped, token, lease)
         if claim.state == "done":
             attempt(AttemptOutcome.SKIPPED)
             return claim.value
         if claim.state == "busy":
             # Another delivery of this key is running; look again once its lease could lapse.
-            raise task.retry(countdown=typed.app.settings.lease_seconds / 2, headers=headers)
+            raise task.retry(countdown=lease / 2, headers=headers, **shown)
 
-    with runtime.running(key, token):
+    # The claim is renewed until the completion is stored, however long the broker is away.
+    with runtime.running(scoped, token):
         try:
             output = typed.fn(model)
             if not isinstance(output, typed.output_model):
@@ -138,8 +196,8 @@ def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
         except Retry:
             raise
         except Exception as exc:
-            if key is not None:
-                runtime.idempotency.release(key, token)
+            if scoped is not None:
+                runtime.idempotency.release(scoped, token)
             delay = typed.retry.next_delay(exc, number)
             if delay is not None:
                 attempt(AttemptOutcome.RETRYING, exc, retry_in=delay)
@@ -147,6 +205,7 @@ def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
                     exc=exc,
                     countdown=delay,
                     headers={**headers, HEADER_ATTEMPT: number + 1},  # type: ignore[dict-item]
+                    **shown,
                 ) from exc
             reason = (
                 DeadLetterReason.EXHAUSTED
@@ -155,8 +214,13 @@ def execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
             )
             dead_letter(reason, exc, AttemptOutcome.FAILED)
 
-    result = encode_result(output, trace_id)
+        result = encode_result(output, trace_id)
+        if scoped is not None:
+            try:
+                runtime.idempotency.complete_while_held(scoped, token, result, lease)
+            except CompletionNotStored as exc:
+                # Buffered: the broker is away; the keeper writes it once it is back.
+                attempt(AttemptOutcome.UNCONFIRMED, exc, soon=True)
+                raise Reject(exc, requeue=True) from exc
     attempt(AttemptOutcome.SUCCEEDED, soon=True)
-    if key is not None:
-        runtime.idempotency.complete(key, token, result)
     return result
