@@ -38,6 +38,38 @@ class PayloadError(VoxFlowError, ValueError):
         return cls(task, errors, index)
 
 
+class JsonValueError(VoxFlowError, ValueError):
+    """A value (or a text) is not the strict JSON vox_flow accepts (see ``vox_flow.jsonvalue``).
+
+    ``field`` is the path of the bad part, e.g. ``payload.items[3].x`` (empty for the value
+    itself when no name was given); ``reason`` says what is wrong with it.
+    """
+
+    def __init__(self, field: str, reason: str):
+        # Both args kept as-is, so that the error pickles and Celery can rebuild it.
+        super().__init__(field, reason)
+        self.field = field
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
+
+
+class SubmitArgumentError(VoxFlowError, ValueError):
+    """An argument of ``submit`` / ``submit_many`` is invalid; nothing was enqueued.
+
+    ``argument`` names it (``eta``, ``priority``, ``idempotency_keys[2]``...), ``reason`` says why.
+    """
+
+    def __init__(self, argument: str, reason: str):
+        super().__init__(argument, reason)
+        self.argument = argument
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"invalid submit argument {self.argument}: {self.reason}; nothing was enqueued"
+
+
 class WorkflowTypeError(VoxFlowError, TypeError):
     """Two steps of a workflow do not fit: one's output is not the next one's input."""
 

@@ -9,16 +9,27 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from vox_flow import jsonvalue
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
 RESULT_PREFIX = '{"vf": 1, '
+# Compact and UTF-8 as pydantic's model_dump_json; the value is checked, so allow_nan=False
+# never fires (it is the guard should a change ever skip the check).
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def encode_result(output: BaseModel, trace_id: str | None) -> str:
-    """The envelope of ``output`` as the text a typed task returns."""
-    output_json, trace_json = output.model_dump_json(), json.dumps(trace_id)
-    return f'{RESULT_PREFIX}"output": {output_json}, "trace_id": {trace_json}}}'
+    """The envelope of ``output`` as the text a typed task returns.
+
+    Raises JsonValueError naming the field (``output.x``) when the output is not strict JSON
+    (``vox_flow.jsonvalue``): a NaN, say, which pydantic alone would store as ``null``, or as
+    a token no JSON reader accepts. That is the task's bug; its run fails with that error.
+    """
+    data = jsonvalue.dump(output, field="output")
+    output_json = _encode(data)
+    return f'{RESULT_PREFIX}"output": {output_json}, "trace_id": {json.dumps(trace_id)}}}'
 
 
 def decode_result(value: Any) -> dict[str, Any] | None:

@@ -4,7 +4,9 @@
     def resize(job: ResizeJob) -> ResizeResult: ...
 
 The input is validated when submitted (nothing is enqueued when it fails) and again in the
-worker; the output model is what a handle's ``result()`` returns.
+worker; valid means valid for the model and strict JSON (``vox_flow.jsonvalue``), for every
+way in: submit, submit_many, workflows, dead-letter replays. The output model is what a
+handle's ``result()`` returns.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from kombu import Queue
 from pydantic import BaseModel, ValidationError
 
-from vox_flow.errors import PayloadError, UnknownTask
+from vox_flow import jsonvalue
+from vox_flow.errors import JsonValueError, PayloadError, UnknownTask
 from vox_flow.keyspace import QUEUE_PREFIX
 from vox_flow.retry import RetryPolicy
 
@@ -78,15 +81,31 @@ class TypedTask(Generic[In, Out]):
         )(run)
 
     def validate(self, payload: In | Mapping[str, Any], index: int | None = None) -> In:
-        """The payload as this task's input model; raises PayloadError naming each bad field."""
-        if isinstance(payload, self.input_model):
-            return payload
-        if isinstance(payload, BaseModel):
-            payload = payload.model_dump(mode="json")
+        """The payload as this task's input model; raises PayloadError naming each bad field.
+
+        Valid means valid for the model *and* strict JSON once dumped (``vox_flow.jsonvalue``:
+        no NaN or infinity, no lone surrogate, integers within 2**53, nesting within 64...),
+        so that what validates here is exactly what goes on the wire.
+        """
+        return self.wire(payload, index)[0]
+
+    def wire(
+        self, payload: In | Mapping[str, Any], index: int | None = None
+    ) -> tuple[In, dict[str, Any]]:
+        """The payload validated as ``validate`` does, with its JSON value (what is sent)."""
         try:
-            return self.input_model.model_validate(payload)
+            if isinstance(payload, BaseModel) and not isinstance(payload, self.input_model):
+                payload = jsonvalue.dump(payload, field="")
+            model = (
+                payload
+                if isinstance(payload, self.input_model)
+                else self.input_model.model_validate(payload)
+            )
+            return model, jsonvalue.dump(model, field="")
         except ValidationError as exc:
             raise PayloadError.from_validation(self.name, exc, index) from None
+        except JsonValueError as exc:
+            raise PayloadError(self.name, [(exc.field or "(payload)", exc.reason)], index) from None
 
     def __call__(self, payload: In) -> Out:
         """Run the function here, in this process (no broker, no retries)."""

@@ -222,3 +222,28 @@ def test_an_acknowledgement_that_meets_a_broker_restart_is_retried(tmp_path: Pat
         assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_submit_rings_the_bell_of_its_queue(redis_url: str, batch: bool) -> None:
+    from vox_flow.app import app
+    from vox_flow.examples import sample
+    from vox_flow.submit import submit, submit_many
+
+    queue = sample.count_words.queue
+    with connection(redis_url, polling_interval=5) as consumer:
+        with pytest.raises(TimeoutError):
+            consume_one(consumer, timeout=0.5, queue=queue)  # now it waits on the bell
+        began = time.monotonic()
+        if batch:
+            submit_many(
+                sample.count_words,
+                [{"name": "a", "text": "a b"}, {"name": "c", "text": "c"}],
+                app=app,
+            )
+        else:
+            submit(sample.count_words, {"name": "a", "text": "a b"}, app=app)
+        _, message = consume_one(consumer, timeout=10, queue=queue)
+        latency = time.monotonic() - began
+        message.ack()
+    assert latency < 1.0, f"woken after {latency:.2f}s: submit did not ring the bell"

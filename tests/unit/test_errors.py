@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from vox_flow.errors import DeadLettered, PayloadError
+from vox_flow.errors import (
+    DeadLettered,
+    JsonValueError,
+    PayloadError,
+    SubmitArgumentError,
+    VoxFlowError,
+)
 
 
 class Inner(BaseModel):
@@ -36,3 +44,21 @@ def test_dead_lettered_survives_celery_s_rebuild_from_its_args() -> None:
     rebuilt = DeadLettered(*original.args)
     assert rebuilt.dead_letter_id == "id-1"
     assert str(rebuilt) == "dead-lettered as id-1: Transient: boom"
+
+
+def test_submit_argument_error_names_the_argument_and_says_nothing_was_sent() -> None:
+    error = SubmitArgumentError("priority", "must be from 0 to 9, got int 10")
+    assert (error.argument, error.reason) == ("priority", "must be from 0 to 9, got int 10")
+    assert str(error) == (
+        "invalid submit argument priority: must be from 0 to 9, got int 10; nothing was enqueued"
+    )
+    assert isinstance(error, VoxFlowError) and isinstance(error, ValueError)
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.argument, again.reason) == (error.argument, error.reason)
+
+
+def test_json_value_error_names_the_field() -> None:
+    error = JsonValueError("payload.items[3].x", "NaN is not JSON")
+    assert str(error) == "payload.items[3].x: NaN is not JSON"
+    assert str(JsonValueError("", "NaN is not JSON")) == "NaN is not JSON"
+    assert isinstance(error, VoxFlowError) and isinstance(error, ValueError)

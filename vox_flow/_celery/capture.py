@@ -124,6 +124,7 @@ class Built:
     queue: str  # the list to LPUSH ``message`` onto
     message: bytes
     event: tuple[str, bytes] | None  # (pub/sub channel, task-sent event) to PUBLISH
+    bell: str  # the queue's bell, to LPUSH after the message (transport.py)
 
 
 def build(
@@ -192,10 +193,11 @@ def build(
         signals.after_task_publish.send(
             sender=name, body=body, headers=task_headers, exchange="", routing_key=queue
         )
+    bell = where.bell(queue)
     if not send_event:
-        return Built(where.key(key), raw, None)
+        return Built(where.key(key), raw, None, bell)
     sent_event.update(queue=queue, exchange="", routing_key=queue)
     producer = _CapturingProducer(channel)
     _local.events.publish("task-sent", sent_event, producer)
     event = producer.command
-    return Built(where.key(key), raw, (where.key(event[0]), event[1]) if event else None)
+    return Built(where.key(key), raw, (where.key(event[0]), event[1]) if event else None, bell)
