@@ -112,7 +112,7 @@ def test_a_replay_cut_short_by_a_crash_is_finished_by_the_next_one(
     assert _runs("c1") == 1 and _runs("c2") == 1
 
 
-def test_cli_replay_twice_runs_once(
+def test_cli_replay_twice_runs_once_and_records_once(
     store: DeadLetterStore, redis_url: str, data_dir: Path, start_worker: StartWorker
 ) -> None:
     letter = dead_letter({"id": "x1", "value": 2}, task=tasks.broken)
@@ -124,11 +124,14 @@ def test_cli_replay_twice_runs_once(
     first = run_cli(redis_url, data_dir, *replay_cli, "--reason", "fixed x1")
     second = run_cli(redis_url, data_dir, *replay_cli)
 
-    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    one, two = json.loads(first.stdout)["data"], json.loads(second.stdout)["data"]
-    assert one["started"] is True and two["started"] is False
-    assert one["task_id"] == two["task_id"]
+    assert first.returncode == 0, first.stderr
+    one = json.loads(first.stdout)["data"]
+    assert one["started"] is True
+    # The second is refused before its audit entry, naming the first replay's task.
+    assert second.returncode == 2, second.stderr
+    error = json.loads(second.stdout)["error"]
+    assert error["code"] == "already_replayed" and one["task_id"] in error["message"]
     assert TaskHandle(app, one["task_id"], tasks.Echo).result(timeout=30).value == 2
     assert _runs("x1") == 1
     actions = [(e.action, e.target) for e in audit_entries(data_dir)]
-    assert actions == [("deadletter.replay", letter.id)] * 2
+    assert actions == [("deadletter.replay", letter.id)]

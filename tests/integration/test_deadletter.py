@@ -1,4 +1,5 @@
-"""Dead letters through the CLI, without a worker: a refused edit, purge, list and show.
+"""Dead letters through the CLI, without a worker: refused replays (an invalid edit, a letter
+already replayed, an oversized or non-strict payload), purge, list and show.
 
 Replays that a worker runs are in tests/inprocess/test_deadletter.py.
 """
@@ -15,7 +16,10 @@ import pytest
 from tests.helpers import audit_entries, dead_letter
 from tests.integration import tasks
 from tests.integration.workers import run_cli
+from vox_flow.actions.deadletters import PayloadTooLarge, replay_letter
+from vox_flow.actions.perform import Auditor
 from vox_flow.app import app
+from vox_flow.config import Settings
 from vox_flow.contracts.task import DeadLetter, DeadLetterState
 from vox_flow.deadletters.replay import replay
 from vox_flow.deadletters.store import DeadLetterStore
@@ -67,6 +71,108 @@ def test_an_invalid_edit_is_refused_and_changes_nothing(
     assert store.get(letter.id).state == DeadLetterState.DEAD
     assert app.redis.llen(tasks.broken.queue) == 0
     assert _audit_actions(data_dir) == []  # refused before anything was recorded
+
+
+def test_a_replayed_letter_is_refused_and_nothing_is_recorded(
+    store: DeadLetterStore, redis_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """Before: the second replay, with another payload, did nothing, exited 0 and still
+    appended a signed entry carrying the new payload: a replay that never ran."""
+    letter = dead_letter({"id": "r1", "value": 2}, task=tasks.broken)
+    store.add(letter)
+    first = _cli(redis_url, data_dir, "replay", letter.id, "--json", "--reason", "fixed")
+    assert first.returncode == 0, first.stderr
+    task_id = _json(first)["data"]["task_id"]
+    replayed = store.get(letter.id)
+    assert replayed.state == DeadLetterState.REPLAYED and replayed.replayed_at is not None
+
+    edit = tmp_path / "edit.json"
+    edit.write_text(json.dumps({"id": "r1", "value": 7}))
+    for extra in (["--payload", str(edit)], []):
+        again = _cli(redis_url, data_dir, "replay", letter.id, *extra, "--json")
+        assert again.returncode == 2, again.stderr
+        error = _json(again)["error"]
+        assert error["code"] == "already_replayed"
+        assert error["message"] == (
+            f"refused, nothing recorded: dead letter {letter.id} was already replayed at "
+            f"{replayed.replayed_at.isoformat()} as task {task_id}; a dead letter is replayed once"
+        )
+        assert "Traceback" not in again.stderr
+    # One entry, the first replay's; one run enqueued, with the first payload.
+    entries = audit_entries(data_dir)
+    assert [(e.action, e.target, e.payload_data()) for e in entries] == [
+        ("deadletter.replay", letter.id, {"payload": None})
+    ]
+    assert app.redis.llen(tasks.broken.queue) == 1
+    assert store.replay_payload(letter.id) == {"id": "r1", "value": 2}
+
+
+def test_a_begun_replay_is_finished_only_with_its_own_payload(
+    store: DeadLetterStore, redis_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """A replay cut short after its first step (state replaying) is finished by replaying
+    again with the payload it began with; another payload is refused, nothing recorded."""
+    letter = dead_letter({"id": "b1", "value": 2}, task=tasks.broken)
+    store.add(letter)
+    store.begin_replay(letter.id, "replay-b1", json.dumps({"id": "b1", "value": 2}))
+
+    edit = tmp_path / "edit.json"
+    edit.write_text(json.dumps({"id": "b1", "value": 3}))
+    other = _cli(redis_url, data_dir, "replay", letter.id, "--payload", str(edit), "--json")
+    assert other.returncode == 2, other.stderr
+    message = _json(other)["error"]["message"]
+    assert f"a replay of dead letter {letter.id} with another payload is under way" in message
+    assert "as task replay-b1" in message
+    assert audit_entries(data_dir) == [] and app.redis.llen(tasks.broken.queue) == 0
+
+    same = _cli(redis_url, data_dir, "replay", letter.id, "--json")
+    assert same.returncode == 0, same.stderr
+    assert _json(same)["data"] == {
+        "id": letter.id,
+        "task_id": "replay-b1",
+        "started": False,
+        "audit_seq": 1,
+    }
+    assert store.get(letter.id).state == DeadLetterState.REPLAYED
+    assert app.redis.llen(tasks.broken.queue) == 1
+
+
+def test_the_entry_carries_the_payload_as_validated_and_bounded(
+    store: DeadLetterStore, redis_url: str, data_dir: Path, tmp_path: Path
+) -> None:
+    """Before: extra fields, dropped by the input model, were kept whole in the entry (a
+    10 MB string made a 10 MB entry), and a 401-digit integer gave a traceback."""
+    letter = dead_letter({"id": "v1", "value": 0}, task=tasks.broken)
+    store.add(letter)
+
+    huge = tmp_path / "huge_int.json"
+    huge.write_text('{"id": "v1", "value": ' + "9" * 401 + "}")
+    refused = _cli(redis_url, data_dir, "replay", letter.id, "--payload", str(huge), "--json")
+    assert refused.returncode == 2, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert _json(refused)["error"]["fields"][0]["field"] == "--payload.value"
+
+    edit = tmp_path / "edit.json"
+    edit.write_text(json.dumps({"id": "v1", "value": 5, "notes": "x" * 900_000}))
+    done = _cli(redis_url, data_dir, "replay", letter.id, "--payload", str(edit), "--json")
+    assert done.returncode == 0, done.stderr
+    (entry,) = audit_entries(data_dir)
+    assert entry.payload_data() == {"payload": {"id": "v1", "value": 5}}
+    assert len(entry.payload) < 100
+
+    # The Python API bounds what it records too: a valid payload larger than 1 MiB.
+    big = dead_letter({"id": "v2", "value": 0}, task=tasks.broken)
+    store.add(big)
+    auditor = Auditor.open(Settings(data_dir=data_dir))
+    try:
+        with pytest.raises(PayloadTooLarge, match="more than the 1048576 bytes"):
+            replay_letter(
+                app, auditor, big.id, {"id": "y" * (1024 * 1024), "value": 1}, actor="a", reason="r"
+            )
+    finally:
+        auditor.store.dispose()
+    assert len(audit_entries(data_dir)) == 1
+    assert store.get(big.id).state == DeadLetterState.DEAD
 
 
 # --- purge -----------------------------------------------------------------------------------

@@ -287,9 +287,15 @@ def test_reload_picks_up_a_file_added_while_the_replica_runs(
     time.sleep(1.5)  # files alone change nothing: replicas reload when asked
     assert rows("t:add") == []
 
+    # The files are checked first: the broken one is named, and nothing is reloaded (exit 2).
+    refused = env.cli("schedules", "reload")
+    assert refused.returncode == 2, refused.stderr
+    assert "broken.toml" in refused.stderr and "nothing reloaded" in refused.stderr
+    assert ScheduleStore(app.redis).generation() == 0
+
     asked = time.time()
-    reloaded = env.cli("schedules", "reload")
-    # The broken file is reported (exit 1), the reload is asked all the same.
+    reloaded = env.cli("schedules", "reload", "--skip-bad")
+    # With --skip-bad the broken file is reported (exit 1), the reload is asked all the same.
     assert reloaded.returncode == 1
     assert "broken.toml" in reloaded.stderr
     assert "asked every replica to reload (generation 1); 2 schedules" in reloaded.stdout

@@ -254,12 +254,29 @@ def test_input_files_and_text_that_are_not_what_they_should_be(tmp_path: Path) -
     garbage = tmp_path / "garbage.json"
     garbage.write_text("not json")
     missing = tmp_path / "missing.json"
+    # Strict JSON (vox_flow.jsonvalue): an integer past 2**53 is refused, named by its path.
+    huge_int = tmp_path / "huge_int.json"
+    huge_int.write_text('{"id": "i1", "value": ' + "9" * 401 + "}")
+    # Read no further than the limit, whatever the file's size (1 MiB + 1 byte here).
+    too_big = tmp_path / "too_big.json"
+    too_big.write_text('{"id": "' + "x" * (1024 * 1024) + '"}')
+    not_utf8 = tmp_path / "latin1.json"
+    not_utf8.write_bytes(b'{"id": "caf\xe9"}')
     for args, said in [
         (["audit", "verify", "--checkpoint", str(missing)], f"--checkpoint {missing}: No such"),
         (["audit", "verify", "--checkpoint", str(garbage)], "is not a checkpoint: Invalid JSON"),
         (["audit", "verify", "--export", str(garbage), "--keys", str(garbage)], "--keys"),
         (["schedules", "pause", "x", "--reason", "a\udcffb"], "argument --reason: not valid"),
-        (["dlq", "replay", "x", "--payload", str(garbage)], f"--payload {garbage} is not JSON"),
+        (["dlq", "replay", "x", "--payload", str(garbage)], f"--payload {garbage}: not JSON"),
+        (
+            ["dlq", "replay", "x", "--payload", str(huge_int)],
+            f"--payload {huge_int} at value: integer of 401 digits is outside",
+        ),
+        (
+            ["dlq", "replay", "x", "--payload", str(too_big)],
+            f"--payload {too_big} is larger than 1048576 bytes (1 MiB)",
+        ),
+        (["dlq", "replay", "x", "--payload", str(not_utf8)], "is not UTF-8 (byte 0xe9"),
     ]:
         done = run_cli(args, tmp_path / "data", tmp_path, broker_url=DEAD_BROKER)
         ran = Ran(" ".join(args[:2]), done.returncode, done.stdout, done.stderr, tmp_path)

@@ -6,9 +6,15 @@ unrecorded and a crash between the entry and the effect is finished by the outbo
 effects are idempotent, as the outbox needs: the store's replay is a state machine that runs
 the task once however often it is called, and purging an id that is gone changes nothing.
 
+A replay is checked before its entry is appended (``actions.deadletters.replay_letter``): a
+letter already replayed (or whose begun replay runs another payload) is refused with nothing
+recorded, naming when and the task id of that replay; so is an edit that does not validate.
+``--payload`` is strict JSON (``vox_flow.jsonvalue``) of at most ``MAX_PAYLOAD_BYTES`` (1 MiB),
+and the entry carries it as validated (extra fields dropped).
+
 Exit codes (common.py, as for every command): 0 done, 1 no such dead letter (or broker/task
-unknown), 2 refused (an invalid payload edit, or a purge without confirmation) with nothing
-changed, 3 recorded but the effect is pending.
+unknown), 2 refused (an invalid or oversized payload edit, a letter already replayed, or a
+purge without confirmation) with nothing changed, 3 recorded but the effect is pending.
 """
 
 from __future__ import annotations
@@ -192,14 +198,45 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (``-``: stdin), strict and at most MAX_PAYLOAD_BYTES."""
+    from vox_flow import jsonvalue
+    from vox_flow.actions.deadletters import MAX_PAYLOAD_BYTES
+
     try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise common.refused(f"cannot read --payload {path}: {exc}", "bad_input") from None
+        if str(path) == "-":
+            data = sys.stdin.buffer.read(MAX_PAYLOAD_BYTES + 1)
+        else:
+            with path.open("rb") as file:
+                data = file.read(MAX_PAYLOAD_BYTES + 1)  # never more, whatever its size
+    except OSError as exc:
+        raise common.refused(
+            f"cannot read --payload {path}: {exc.strerror or exc}", "bad_input"
+        ) from None
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise common.refused(
+            f"refused, nothing changed: --payload {path} is larger than {MAX_PAYLOAD_BYTES} "
+            "bytes (1 MiB), the most a replay takes",
+            "bad_input",
+        )
     try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise common.refused(f"--payload {path} is not JSON: {exc}", "bad_input") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise common.refused(
+            f"refused, nothing changed: --payload {path} is not UTF-8 "
+            f"(byte 0x{data[exc.start]:02x} at offset {exc.start})",
+            "bad_input",
+        ) from None
+    try:
+        payload = jsonvalue.parse(text, field="--payload")
+    except jsonvalue.JsonValueError as exc:
+        inside = exc.field.removeprefix("--payload").lstrip(".")
+        where = f" at {inside}" if inside else ""
+        raise common.CliError(
+            f"refused, nothing changed: --payload {path}{where}: {exc.reason}",
+            code="bad_input",
+            status=common.REFUSED,
+            fields=[(exc.field, exc.reason)],
+        ) from None
     if not isinstance(payload, dict):
         raise common.refused(
             f"--payload {path} must hold a JSON object, not {payload!r:.40}", "bad_input"
@@ -212,29 +249,32 @@ def _replay(args: argparse.Namespace) -> int:
     common.probe_broker()
     with common.auditor() as auditor:  # a store that cannot be opened fails before any read
         app = common.app()
-        from vox_flow.actions.deadletters import REPLAY
-        from vox_flow.deadletters.store import DeadLetterNotFound
-        from vox_flow.tasks import lookup
+        from vox_flow.actions.deadletters import AlreadyReplayed, PayloadTooLarge, replay_letter
 
-        letter = _letters(app).get(args.id)
-        if payload is not None:
-            # Refused here, before the audit entry: an invalid edit changes nothing anywhere.
-            lookup(app, letter.task_name).validate(payload)
-        request = (REPLAY, letter.id, {"payload": payload})
-        [entry], outcomes = _perform(app, auditor, args, [request])
-    outcome = outcomes.get(entry.seq)
-    if outcome is None:
-        raise DeadLetterNotFound(letter.id)  # purged between our read and the effect
-    task_id, started = outcome
+        try:
+            # Checked before the entry: a refused replay records nothing anywhere.
+            entry, task_id, started = replay_letter(
+                app, auditor, args.id, payload, actor=common.actor(args), reason=args.reason
+            )
+        except AlreadyReplayed as exc:
+            letter = exc.letter
+            raise common.CliError(
+                str(exc),
+                code="already_replayed",
+                status=common.REFUSED,
+                fields=[("id", f"{letter.state.value} as task {letter.replayed_task_id}")],
+            ) from None
+        except PayloadTooLarge as exc:
+            raise common.refused(str(exc), "bad_input") from None
     if args.json:
-        common.emit(
-            {"id": letter.id, "task_id": task_id, "started": started, "audit_seq": entry.seq}
-        )
+        common.emit({"id": args.id, "task_id": task_id, "started": started, "audit_seq": entry.seq})
     elif started:
-        print(f"replayed {letter.id} as task {task_id} (audit entry {entry.seq})")
+        print(f"replayed {args.id} as task {task_id} (audit entry {entry.seq})")
     else:
+        # A replay begun before (cut short by a crash, or by another call since the check)
+        # and finished by this one: its run, under its task id, was enqueued once.
         print(
-            f"{letter.id} was already replayed as task {task_id}; not enqueued again "
+            f"{args.id}: finished the replay begun as task {task_id}; nothing new enqueued "
             f"(audit entry {entry.seq})"
         )
     return 0

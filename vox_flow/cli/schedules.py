@@ -1,4 +1,12 @@
-"""`vox-flow schedules`: list (with next fire times), pause, resume, trigger, reload."""
+"""`vox-flow schedules`: list (with next fire times), pause, resume, trigger, reload.
+
+A schedule file that does not load never hides the others: every command reports each bad
+file (file, schedule, field, reason) on stderr, or under ``"errors"`` with ``--json``, and
+goes on with the good ones. ``list`` then exits 1 (FAILED) after printing every good
+schedule. ``reload`` checks the files first and refuses (exit 2, REFUSED: nothing reloaded)
+while any is bad; ``reload --skip-bad`` asks the replicas all the same, which load the good
+files and leave the bad ones out, and exits 1.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +45,11 @@ def register(sub: Any) -> None:
         common.add_json(action)
         action.set_defaults(handler=handler)
     reload = actions.add_parser("reload", help="make every replica reload the schedule files")
+    reload.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="reload even if some files do not load (each replica leaves those out)",
+    )
     common.add_json(reload)
     reload.set_defaults(handler=_reload)
 
@@ -54,13 +67,41 @@ def _directory(*, required: bool = True) -> Path:
 
 
 def _load(app: VoxFlow, *, required: bool = True) -> Loaded:
-    """The schedule files of VOX_FLOW_SCHEDULES_DIR; each bad file is reported on stderr."""
+    """The schedule files of VOX_FLOW_SCHEDULES_DIR (bad files in ``errors``, not raised)."""
     from vox_flow.schedules.loader import load_dir
 
-    loaded = load_dir(app, _directory(required=required))
-    for error in loaded.errors:
-        print(f"error: {error}", file=sys.stderr)
-    return loaded
+    return load_dir(app, _directory(required=required))
+
+
+def _problems(loaded: Loaded) -> list[tuple[str, str]]:
+    """(file, "schedule S, field F: reason") for every problem of every bad file."""
+    return [
+        (str(error.file), str(problem)) for error in loaded.errors for problem in error.problems
+    ]
+
+
+def _errors_json(loaded: Loaded) -> list[dict[str, str | None]]:
+    return [
+        {
+            "file": str(error.file),
+            "schedule": problem.schedule,
+            "field": problem.field,
+            "reason": problem.reason,
+        }
+        for error in loaded.errors
+        for problem in error.problems
+    ]
+
+
+def _say_bad_files(loaded: Loaded) -> None:
+    """The bad files, one problem a line, on stderr (after whatever stdout holds so far)."""
+    if not loaded.errors:
+        return
+    sys.stdout.flush()
+    count = len(loaded.errors)
+    lines = [f"error: {count} schedule file(s) do not load; their schedules are left out:"]
+    lines += [f"  {file}: {problem}" for file, problem in _problems(loaded)]
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -83,7 +124,7 @@ def _list(args: argparse.Namespace) -> int:
         document = {
             "v": 1,
             "data": [row.model_dump(mode="json") for row in rows],
-            "errors": [str(error) for error in loaded.errors],
+            "errors": _errors_json(loaded),
         }
         print(json.dumps(document, indent=2))
     elif not rows and not loaded.errors:
@@ -94,6 +135,7 @@ def _list(args: argparse.Namespace) -> int:
             print(f"{row.name}{flags}: {row.cron} [{row.timezone}] -> {row.task}")
             for fire in row.next_fires:
                 print(f"    {fire.isoformat()}")
+    _say_bad_files(loaded)
     return common.FAILED if loaded.errors else common.OK
 
 
@@ -104,6 +146,7 @@ def _operate(args: argparse.Namespace, what: str) -> int:
         from vox_flow.actions import schedules as operations
 
         loaded = _load(app)
+        _say_bad_files(loaded)
         actor = common.actor(args)
         if what == "trigger":
             entry, handle = operations.trigger(
@@ -136,17 +179,28 @@ def _trigger(args: argparse.Namespace) -> int:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    from vox_flow.schedules.operations import reload
+    from vox_flow.schedules.operations import BadScheduleFiles, reload
 
     app = common.app()
-    # Every replica reads its own directory; this one's is only counted, for the message.
+    # Every replica reads its own directory; this one's is checked (a bad file here is most
+    # likely bad there too) and counted, for the message.
     loaded = _load(app, required=False)
-    generation = reload(app)
+    try:
+        generation = reload(app, loaded, skip_bad=args.skip_bad)
+    except BadScheduleFiles as exc:
+        problems = _problems(loaded)
+        detail = f": {problems[0][0]}: {problems[0][1]}" if len(problems) == 1 else ""
+        raise common.CliError(
+            f"{exc}{detail}; fix them, or pass --skip-bad to reload without them",
+            code="bad_schedule_file",
+            status=common.REFUSED,
+            fields=problems,
+        ) from None
     if args.json:
         document = {
             "v": 1,
             "data": {"generation": generation, "schedules_here": len(loaded.definitions)},
-            "errors": [str(error) for error in loaded.errors],
+            "errors": _errors_json(loaded),
         }
         print(json.dumps(document, indent=2))
     else:
@@ -154,4 +208,5 @@ def _reload(args: argparse.Namespace) -> int:
             f"asked every replica to reload (generation {generation}); "
             f"{len(loaded.definitions)} schedules load from here"
         )
+    _say_bad_files(loaded)
     return common.FAILED if loaded.errors else common.OK

@@ -158,6 +158,14 @@ class DeadLetterStore:
             raise DeadLetterNotFound(letter_id)
         return state, run_id, fixed_payload
 
+    def replay_payload(self, letter_id: str) -> dict[str, Any] | None:
+        """The payload a begun replay runs with (fixed by ``begin_replay``), None before."""
+        raw = self.client.hget(_ENTRY + letter_id, "replay_payload")
+        if raw is None:
+            return None
+        payload: dict[str, Any] = json.loads(raw)
+        return payload
+
     def mark_replayed(self, letter_id: str) -> None:
         """The replay's run is enqueued: the letter is replayed for good."""
         self.client.hset(_ENTRY + letter_id, "state", DeadLetterState.REPLAYED.value)

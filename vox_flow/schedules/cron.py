@@ -18,13 +18,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 # A schedule whose expression matches nothing for this long is treated as finished.
-_HORIZON = timedelta(days=366 * 5)
+HORIZON_YEARS = 5
+_HORIZON = timedelta(days=366 * HORIZON_YEARS)
 
 
 def _exists(wall: datetime, zone: ZoneInfo) -> bool:
@@ -74,7 +75,12 @@ class Cron:
         wall = after.astimezone(self.zone).replace(tzinfo=None, fold=0)
         walker = self._walk(wall)
         while True:
-            yield walker.get_next(datetime)
+            try:
+                wall = walker.get_next(datetime)
+            except CroniterBadDateError:
+                # No date matches (30 February): croniter gave up after a bounded search.
+                return
+            yield wall
 
     def next_after(self, after: datetime) -> datetime | None:
         """The first fire strictly after the instant ``after`` (None if none within years)."""
@@ -84,7 +90,12 @@ class Cron:
             when = self.instant(wall)
             if when > after:
                 return when if when - after <= _HORIZON else None
-        return None  # pragma: no cover - the walk is endless
+        return None  # the expression matches no date
+
+    def ever_fires(self, after: datetime) -> bool:
+        """Whether the expression fires within ``HORIZON_YEARS`` after ``after`` (a bounded
+        search: ``0 0 30 2 *`` never does)."""
+        return self.next_after(after) is not None
 
     def fires(self, after: datetime, until: datetime, limit: int) -> list[datetime]:
         """Fires in ``(after, until]``, in order, at most ``limit`` (the earliest ones)."""
@@ -105,7 +116,10 @@ class Cron:
             wall += timedelta(hours=1)
         walker = self._walk(wall)
         while True:
-            when = self.instant(walker.get_prev(datetime))
+            try:
+                when = self.instant(walker.get_prev(datetime))
+            except CroniterBadDateError:
+                return None  # no date matches the expression
             if when <= before:
                 return when
             if when < before - _HORIZON:  # pragma: no cover - defensive

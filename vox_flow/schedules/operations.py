@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from vox_flow.contracts.schedule import ScheduleState, ScheduleView
 from vox_flow.errors import VoxFlowError
 from vox_flow.schedules.cron import Cron, utc_now
-from vox_flow.schedules.loader import Loaded, load_dir
+from vox_flow.schedules.loader import Loaded, ScheduleFileError, load_dir
 from vox_flow.schedules.policy import window
 from vox_flow.schedules.store import ScheduleStore
 
@@ -24,15 +24,37 @@ class UnknownSchedule(VoxFlowError, LookupError):
     """No loaded schedule has that name."""
 
 
+class BadScheduleFiles(VoxFlowError, ValueError):
+    """A reload refused: some schedule files here do not load. Nothing was reloaded."""
+
+    def __init__(self, errors: list[ScheduleFileError]) -> None:
+        self.errors = errors
+        names = ", ".join(error.file.name for error in errors)
+        super().__init__(
+            f"refused, nothing reloaded: {len(errors)} schedule file(s) do not load: {names}"
+        )
+
+
 def known(loaded: Loaded, name: str) -> None:
     """Raise UnknownSchedule unless ``name`` is loaded."""
     if name not in loaded.definitions:
         names = ", ".join(sorted(loaded.definitions)) or "none"
-        raise UnknownSchedule(f"no schedule named {name!r}; loaded: {names}")
+        message = f"no schedule named {name!r}; loaded: {names}"
+        if loaded.errors:
+            bad = ", ".join(error.file.name for error in loaded.errors)
+            message += f"; not loaded (bad files): {bad}"
+        raise UnknownSchedule(message)
 
 
-def reload(app: VoxFlow) -> int:
-    """Ask every scheduler replica to reload its schedule files; returns the generation."""
+def reload(app: VoxFlow, loaded: Loaded | None = None, *, skip_bad: bool = False) -> int:
+    """Ask every scheduler replica to reload its schedule files; returns the generation.
+
+    ``loaded``: the files as this process reads them, checked first: when some are bad the
+    reload is refused (BadScheduleFiles, nothing asked) unless ``skip_bad``, and then every
+    replica loads the good files and leaves the bad ones out.
+    """
+    if loaded is not None and loaded.errors and not skip_bad:
+        raise BadScheduleFiles(loaded.errors)
     return ScheduleStore(app.redis).bump_generation()
 
 

@@ -75,7 +75,11 @@ class Timetable:
 
     # --- definitions ---------------------------------------------------------------------
     def load(self, loaded: Loaded) -> None:
-        """Replace the definitions (a reload); as leader, pick their state up again."""
+        """Replace the definitions (a reload); as leader, pick their state up again.
+
+        The bad files of ``loaded`` are logged (file, schedule, field, reason) and left out;
+        the good ones fire.
+        """
         for error in loaded.errors:
             log.error("schedule file not loaded: %s", error)
         self.entries = {
@@ -88,12 +92,32 @@ class Timetable:
             self._reconcile()
 
     def reload_if_asked(self, reload: Callable[[], Loaded]) -> bool:
-        """Reload with ``reload()`` when the shared generation counter moved."""
-        generation = self.store.generation()
+        """Reload with ``reload()`` when the shared generation counter moved.
+
+        A reload that fails as a whole (the directory cannot be read) keeps the definitions
+        loaded before, logged; a bad file only leaves that file out (``load``).
+        """
+        try:
+            generation = self.store.generation()
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False  # the tick that follows finds the broker gone and steps down
         if generation == self.generation:
             return False
         self.generation = generation
-        self.load(reload())
+        try:
+            loaded = reload()
+        except OSError as exc:
+            log.error(
+                "schedule reload %d failed, the %d schedules loaded before still fire: %s",
+                generation,
+                len(self.entries),
+                exc,
+            )
+            return False
+        try:
+            self.load(loaded)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._step_down(f"broker unreachable while reloading: {exc}")
         return True
 
     # --- the loop body -------------------------------------------------------------------
