@@ -247,3 +247,28 @@ def test_submit_rings_the_bell_of_its_queue(redis_url: str, batch: bool) -> None
         latency = time.monotonic() - began
         message.ack()
     assert latency < 1.0, f"woken after {latency:.2f}s: submit did not ring the bell"
+
+
+@pytest.mark.parametrize(("transport", "survives"), [(VOX_FLOW, True), (KOMBU, False)])
+def test_closing_a_channel_whose_connection_is_gone_keeps_its_messages_reserved(
+    redis_url: str, transport: str, survives: bool
+) -> None:
+    """What Celery's consumer does when the broker connection broke: it closes the channel,
+    and kombu gives the held messages back from inside ``close`` through a connection that is
+    no longer there (kombu raises AttributeError, and the worker exits)."""
+    server = redis.Redis.from_url(redis_url)
+    conn = connection(redis_url, transport)
+    publish(conn, {"n": 1})
+    channel = conn.default_channel
+    channel.basic_get(QUEUE)
+    # As Channel.close leaves things before it restores: pools dropped, the connection
+    # released, so restoring builds a client from a connection that is gone.
+    channel._disconnect_pools()
+    channel.__dict__.pop("client", None)
+    channel.connection.client = None
+    if survives:
+        channel.qos.restore_unacked()
+        assert server.hlen("unacked") == 1  # still reserved: the lease brings it back
+    else:
+        with pytest.raises(AttributeError):
+            channel.qos.restore_unacked()

@@ -132,6 +132,23 @@ class QoS(_RedisQoS):  # type: ignore[misc]
         # The fetch script wrote ``unacked`` and its index with the pop: track it in memory.
         virtual.QoS.append(self, message, delivery_tag)
 
+    def restore_unacked(self, client: Any = None) -> None:
+        """Give held messages back to their queues (kombu does it when a channel closes); a
+        channel closed because its connection broke cannot, and must not crash the worker
+        for it (kombu raises from inside ``close`` then): the messages stay reserved, and
+        their lapsing leases bring them back (worker/lease.py)."""
+        try:
+            super().restore_unacked(client)
+        except Exception as exc:  # whatever a broken connection raises here
+            log.warning(
+                "could not give %d held message(s) back to their queues (%s: %s); their "
+                "leases will bring them back",
+                len(self._delivered),
+                type(exc).__name__,
+                exc,
+            )
+            self._delivered.clear()
+
     def ack(self, delivery_tag: str) -> None:
         _retrying(
             f"acknowledge message {delivery_tag}",
