@@ -272,3 +272,4 @@ def test_closing_a_channel_whose_connection_is_gone_keeps_its_messages_reserved(
     else:
         with pytest.raises(AttributeError):
             channel.qos.restore_unacked()
+        channel.qos._delivered.clear()  # or kombu tries again at exit, and prints the same
