@@ -24,7 +24,7 @@ from vox_flow.attempts import FLUSH_SECONDS
 from vox_flow.config import Settings
 from vox_flow.worker.lease import LeaseKeeper
 from vox_flow.worker.runslot import Run, RunSlot
-from vox_flow.worker.runtime import Keeper, Step, WorkerRuntime
+from vox_flow.worker.runtime import LIVENESS_TICK, Keeper, Step, WorkerRuntime
 
 NOWHERE = "redis://127.0.0.1:1/{db}"  # never connected to: nothing here sends a command
 
@@ -216,6 +216,29 @@ def test_the_keeper_flushes_buffered_attempts_and_keeps_attached_leases() -> Non
     clock.now += FLUSH_SECONDS
     keeper.run_due()
     assert (len(flushed), kept) == (3, [1])
+
+
+def test_the_keeper_keeps_an_attached_liveness_every_tick_until_it_is_detached() -> None:
+    app = app_on(8)  # held: the runtime holds its app weakly
+    runtime = WorkerRuntime.of(app)
+    kept: list[int] = []
+    runtime._liveness = SimpleNamespace(keep=lambda: kept.append(1))  # type: ignore[assignment]
+    clock = Clock()
+    keeper = Keeper(runtime.steps(), clock=clock)
+    for _ in range(4):
+        clock.now += LIVENESS_TICK
+        keeper.run_due()
+    assert len(kept) == 4
+    assert keeper.until_due() <= LIVENESS_TICK  # a blocked loop is looked at within a tick
+    runtime.detach_liveness()
+    clock.now += LIVENESS_TICK
+    keeper.run_due()
+    assert len(kept) == 4
+    runtime._liveness = SimpleNamespace(keep=lambda: kept.append(1))  # type: ignore[assignment]
+    runtime._reset()  # what a forked child does: its parent's consumer is not its own
+    clock.now += LIVENESS_TICK
+    keeper.run_due()
+    assert len(kept) == 4
 
 
 def test_the_run_slot_reports_the_messages_the_attached_consumer_holds(tmp_path: Path) -> None:

@@ -13,5 +13,7 @@ Each assumption lives in one module here, with a unit test and a version gate
 * ``transport``: kombu's Redis transport with an atomic fetch (pop and reserve in one step),
   per-queue bells, fresh delivery tags and acknowledgements retried across a broker blip;
 * ``backend``: Celery's Redis result backend, writing a run's buffered attempt records with
-  its result.
+  its result;
+* ``liveness``: a solo worker's buffered task events and its heartbeats, sent from the keeper
+  thread while a run blocks the worker's event loop (so Flower sees the run live).
 """

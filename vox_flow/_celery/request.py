@@ -5,13 +5,17 @@ Celery reports such a run as a failure with ``WorkerLostError`` or ``TimeLimitEx
 ``Request`` is :class:`LostRunRequest` and that has a ``run_lost(lost)`` method may take the
 run over: when it returns True, the message was settled by it and Celery's own failure
 handling is skipped (the message is acknowledged: it already left ``unacked``).
+
+The request also shows a text result as the text: a typed task returns JSON text, and Celery's
+trace puts ``saferepr(text)`` in ``task-succeeded`` (the JSON quoted as a Python string, which
+Flower showed as a string in a string). The stored result is not touched.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.worker.request import Request
@@ -32,8 +36,23 @@ class LostRun:
     error_message: str
 
 
+def unquoted(shown: str) -> str:
+    """The text inside ``shown`` when it is Celery's ``saferepr`` of a string (quoted with
+    ``'``, inner ``'`` escaped, maybe truncated with ``...``); else ``shown`` itself."""
+    if len(shown) >= 2 and shown[0] == shown[-1] == "'":
+        # Exact: saferepr escapes each ' as \' and nothing else, so every \' it left is one '.
+        return shown[1:-1].replace("\\'", "'")
+    return shown
+
+
 class LostRunRequest(Request):
-    """Celery's request, with runs lost to a dead child or a hard time limit handed over."""
+    """Celery's request, with runs lost to a dead child or a hard time limit handed over, and
+    a text result shown as the text."""
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-succeeded" and isinstance(fields.get("result"), str):
+            fields["result"] = unquoted(fields["result"])
+        super().send_event(type, **fields)
 
     def _lose(self, error_type: str, message: str) -> bool:
         handler = getattr(self.task, "run_lost", None)

@@ -3,8 +3,9 @@
 ``install`` gives ``celery -A vox_flow.app worker`` and ``vox-flow worker`` the same behaviour:
 typed tasks run through :func:`vox_flow.worker.execution.execute`; a worker process starts
 telemetry (an entry point: nothing else does), attaches its consumer's messages to the
-worker runtime (whose keeper renews their leases), and (for a supervised child) keeps its run
-slot. Nothing here runs until a worker starts.
+worker runtime (whose keeper renews their leases), keeps a solo consumer live to monitors
+while a run blocks its loop (``vox_flow._celery.liveness``), and (for a supervised child) keeps
+its run slot. Nothing here runs until a worker starts.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import click
 from celery import bootsteps, signals
 
 from vox_flow import telemetry
+from vox_flow._celery.liveness import Liveness
 from vox_flow.worker.execution import VoxTask, execute
 from vox_flow.worker.lease import LeaseStep
 from vox_flow.worker.runtime import WorkerRuntime
@@ -64,6 +66,31 @@ class RunSlotHooks(WorkerHooks):
             self.runtime.run_finished()
 
 
+class LivenessStep(bootsteps.StartStopStep):
+    """Consumer bootstep: while a run blocks a solo consumer's loop, the keeper thread sends
+    its task events and its worker's heartbeats (so the run shows STARTED as it begins, and
+    the worker stays online)."""
+
+    requires = ("celery.worker.consumer.heart:Heart",)  # its interval, once Heart started
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.liveness: Liveness | None = None
+
+    def start(self, parent: Any) -> None:
+        self.liveness = Liveness.of_consumer(parent)
+        if self.liveness is not None:  # None: a pool that leaves the loop free
+            WorkerRuntime.of(parent.app).attach_liveness(self.liveness)
+
+    def stop(self, parent: Any) -> None:
+        liveness, self.liveness = self.liveness, None
+        if liveness is not None:
+            WorkerRuntime.of(parent.app).detach_liveness()
+            liveness.close()
+
+    shutdown = stop
+
+
 class RunSlotStep(bootsteps.Step):
     """Worker bootstep: with ``--vf-run-slot FILE`` (set by ``vox-flow worker``), report runs."""
 
@@ -95,3 +122,4 @@ def install(app: VoxFlow) -> None:
     )
     app.steps["worker"].add(RunSlotStep)
     app.steps["consumer"].add(LeaseStep)
+    app.steps["consumer"].add(LivenessStep)

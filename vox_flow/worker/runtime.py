@@ -11,7 +11,10 @@ background work, each step at its own interval:
 * ``claim renewal``: extend the claims of runs in progress (every ``lease_renew_seconds``), on
   this app's Redis: a process with two apps keeps each app's claims on that app's server;
 * ``lease renewal``: renew the leases of the held messages and take back expired ones
-  (lease.py), when a consumer is attached.
+  (lease.py), when a consumer is attached;
+* ``liveness``: while a run blocks a solo consumer's event loop, send that loop's task events
+  and worker heartbeats in its place (``vox_flow._celery.liveness``), when that consumer is
+  attached (every ``LIVENESS_TICK``: a run shows STARTED within it).
 
 A step that raises is logged with its traceback (then at most once per ``REPORT_EVERY`` while
 it keeps failing) and runs again at its next turn; the other steps go on.
@@ -43,12 +46,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
     from pathlib import Path
 
+    from vox_flow._celery.liveness import Liveness
     from vox_flow.application import VoxFlow
     from vox_flow.worker.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
 
 REPORT_EVERY = 60.0  # seconds between log lines of a step that keeps failing
+# Seconds between looks at a blocked loop: a run's task-started event and first heartbeat
+# leave within this of its start. Each look is a few attribute reads when nothing runs.
+LIVENESS_TICK = 0.25
 
 
 @dataclass
@@ -150,6 +157,7 @@ class WorkerRuntime:
     _claims: dict[str, str]  # idempotency key -> token of the run holding its claim
     _held: Mapping[str, Any] | None
     _leases: LeaseKeeper | None
+    _liveness: Liveness | None
     _slot: SlotWriter | None
     _keeper: Keeper | None
 
@@ -253,6 +261,16 @@ class WorkerRuntime:
         self._leases = None
         self._held = None
 
+    def attach_liveness(self, liveness: Liveness) -> None:
+        """Until :meth:`detach_liveness`: the keeper runs ``liveness`` (which sends a solo
+        consumer's task events and heartbeats while a run blocks its loop)."""
+        self._liveness = liveness
+        self.start()
+
+    def detach_liveness(self) -> None:
+        """That consumer stopped: nothing more is sent for it."""
+        self._liveness = None
+
     def open_slot(self, path: Path) -> None:
         """Report this process's runs in the run slot at ``path`` (a supervised child)."""
         self._slot = SlotWriter(path, self._held_messages)
@@ -276,6 +294,7 @@ class WorkerRuntime:
         self._claims = {}
         self._held = None
         self._leases = None
+        self._liveness = None
         self._slot = None
         self._keeper = None
 
@@ -301,6 +320,7 @@ class WorkerRuntime:
             Step("attempt flush", FLUSH_SECONDS, self._flush_attempts),
             Step("claim renewal", settings.lease_renew_seconds, self._renew_claims),
             Step("lease renewal", settings.lease_renew_seconds, self._keep_leases),
+            Step("liveness", LIVENESS_TICK, self._keep_liveness),
         ]
 
     def _flush_attempts(self) -> None:
@@ -317,6 +337,11 @@ class WorkerRuntime:
         leases = self._leases
         if leases is not None:
             leases.keep()
+
+    def _keep_liveness(self) -> None:
+        liveness = self._liveness
+        if liveness is not None:
+            liveness.keep()
 
     def _held_messages(self) -> Mapping[str, Any]:
         return self._held if self._held is not None else {}
