@@ -91,6 +91,14 @@ def check_transport() -> None:
         metadata.version("celery"),
         {name: _source(getattr(kombu_redis.Channel, name)) for name in HOOKED},
     )
+    from vox_flow._celery.transport import missing  # lazy, as above
+
+    gone = missing()
+    if gone:
+        found.append(
+            f"kombu {metadata.version('kombu')}'s Redis transport lacks what vox_flow's atomic "
+            f"fetch overrides or calls: {', '.join(gone)}"
+        )
     if found:
         raise IncompatibleCelery(
             "; ".join(found)
