@@ -13,8 +13,6 @@ No worker runs: a fire is a message on the task's queue and the schedule's ``las
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ import pytest
 from tests.helpers import wait_for
 from tests.integration import schedule_tasks  # noqa: F401  (registers the task fired here)
 from tests.integration.workers import ROOT, run_cli, worker_env
+from tests.integration.workers import stop_group as stop
 from vox_flow.app import app
 from vox_flow.schedules.store import ScheduleStore
 
@@ -110,16 +109,6 @@ def start_beat(
     yield start
     for proc in started:
         stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def leading(proc: subprocess.Popen[bytes], log: Path) -> bytes:

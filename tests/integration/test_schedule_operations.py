@@ -7,8 +7,6 @@ Fires are counted by idempotency key (``schedule:NAME:FIRE_TIME``), as the repli
 from __future__ import annotations
 
 import math
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +23,7 @@ from tests.helpers import audit_entries, fire_time, wait_for
 from tests.integration import schedule_tasks  # noqa: F401  (registers the tasks fired here)
 from tests.integration.conftest import StartWorker
 from tests.integration.workers import ROOT, run_cli, worker_env
+from tests.integration.workers import stop_group as stop
 from vox_flow.actions.perform import Auditor
 from vox_flow.actions.schedules import TRIGGER, schedule_effects, trigger
 from vox_flow.app import app
@@ -99,16 +98,6 @@ def start_beat(env: Env, tmp_path: Path) -> Iterator[StartBeat]:
     yield start
     for proc in started:
         stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def rows(list_key: str) -> list[list[str]]:

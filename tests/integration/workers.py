@@ -91,6 +91,17 @@ class WorkerProcess:
             self.log = None
 
 
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process started in its own session, and its children: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 def celery_worker_args(name: str, pool: str = "solo", concurrency: int = 1) -> list[str]:
     """``celery -A vox_flow.app worker`` exactly as a user runs it."""
     return [
