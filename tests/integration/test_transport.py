@@ -269,3 +269,20 @@ def test_closing_a_channel_whose_connection_is_gone_keeps_its_messages_reserved(
         with pytest.raises(AttributeError):
             channel.qos.restore_unacked()
         channel.qos._delivered.clear()  # or kombu tries again at exit, and prints the same
+
+
+def test_an_ack_on_a_channel_closed_meanwhile_leaves_the_message_to_its_lease(
+    redis_url: str,
+) -> None:
+    """Prefork: a pool child finishes a run after the consumer's channel was closed for a
+    broken connection and reopened; the late ack must not crash the worker."""
+    server = redis.Redis.from_url(redis_url)
+    conn = connection(redis_url)
+    publish(conn, {"n": 1})
+    channel = conn.default_channel
+    message = channel.basic_get(QUEUE)
+    channel.qos._delivered.clear()  # nothing for close() to give back
+    channel.close()
+    message.ack()  # logged, not raised
+    assert server.hexists("unacked", message.delivery_tag)  # the lease brings it back
+    conn.release()

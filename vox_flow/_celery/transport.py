@@ -150,6 +150,8 @@ class QoS(_RedisQoS):  # type: ignore[misc]
             self._delivered.clear()
 
     def ack(self, delivery_tag: str) -> None:
+        if self._closed(f"acknowledge message {delivery_tag}"):
+            return
         _retrying(
             f"acknowledge message {delivery_tag}",
             self.channel.ack_retry_seconds,
@@ -159,6 +161,8 @@ class QoS(_RedisQoS):  # type: ignore[misc]
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if requeue:
+            if self._closed(f"requeue message {delivery_tag}"):
+                return
             _retrying(
                 f"requeue message {delivery_tag}",
                 self.channel.ack_retry_seconds,
@@ -167,6 +171,16 @@ class QoS(_RedisQoS):  # type: ignore[misc]
             virtual.QoS.ack(self, delivery_tag)
         else:
             self.ack(delivery_tag)
+
+    def _closed(self, what: str) -> bool:
+        """True if this channel was closed (its broker connection broke and Celery's consumer
+        reconnected meanwhile): a run that ends after that cannot settle its message here
+        (kombu would raise AttributeError and take the worker down); it stays reserved, and
+        its lapsing lease brings it back."""
+        if self.channel.connection is not None:
+            return False
+        log.warning("cannot %s: its channel was closed; its lease will bring it back", what)
+        return True
 
 
 class Channel(_RedisChannel):  # type: ignore[misc]
