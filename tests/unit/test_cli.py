@@ -250,6 +250,25 @@ def test_json_errors_are_one_envelope_on_stdout(tmp_path: Path) -> None:
     assert "argument --limit: invalid int value: 'many'" in usage.stderr
 
 
+def test_counts_out_of_range_are_refused_before_any_work(tmp_path: Path) -> None:
+    schedules = tmp_path / "schedules"
+    schedules.mkdir()
+    for args, message in (
+        (["schedules", "list", "--next", "99999999999999999999"], "--next must be between"),
+        (["schedules", "list", "--next", "0"], "--next must be between"),
+        (["worker", "-Q", ","], "empty queue name"),
+    ):
+        done = run_cli(
+            [*args, "--json"] if args[0] == "schedules" else args,
+            tmp_path,
+            tmp_path,
+            SCHEDULES_DIR=str(schedules),
+        )
+        assert done.returncode == common.REFUSED, (args, done.stdout, done.stderr)
+        assert message in done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_input_files_and_text_that_are_not_what_they_should_be(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.json"
     garbage.write_text("not json")

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from vox_flow.schedules.loader import Loaded
 
 
+MAX_NEXT = 1000  # fire times `schedules list --next` shows per schedule, at most
+
+
 def register(sub: Any) -> None:
     """Add the `schedules` sub-command and its actions."""
     parser: argparse.ArgumentParser = sub.add_parser(
@@ -31,7 +34,10 @@ def register(sub: Any) -> None:
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="each schedule with its next fire times")
-    listing.add_argument("--next", type=int, default=5, metavar="N", help="fire times to show")
+    listing.add_argument(
+        "--next", type=int, default=5, metavar="N",
+        help=f"fire times to show (1-{MAX_NEXT}, default 5)",
+    )  # fmt: skip
     listing.set_defaults(handler=_list)
     common.add_json(listing)
     for name, handler, text in (
@@ -107,6 +113,8 @@ def _say_bad_files(loaded: Loaded) -> None:
 def _list(args: argparse.Namespace) -> int:
     from vox_flow.schedules.operations import views
 
+    if not 1 <= args.next <= MAX_NEXT:
+        raise common.refused(f"--next must be between 1 and {MAX_NEXT}", "usage")
     _directory()  # before the app: a missing directory is said at once
     app = common.app(probe=False)  # definitions and fire times need no broker
     loaded = _load(app)

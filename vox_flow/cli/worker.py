@@ -34,6 +34,8 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.processes is not None and args.processes < 1:
         raise common.refused("--processes must be at least 1", "usage")
+    if args.queues is not None and not all(q.strip() for q in args.queues.split(",")):
+        raise common.refused(f"--queues {args.queues!r}: empty queue name", "usage")
     app = common.app()
     if common.broker_from_dev():
         # The worker processes are `celery -A vox_flow.app worker` children, which read their
