@@ -170,9 +170,12 @@ def _execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
     except ValidationError as exc:
         error = PayloadError.from_validation(typed.name, exc)
         dead_letter(DeadLetterReason.INVALID_PAYLOAD, error, AttemptOutcome.INVALID)
-    # What Flower shows as args on a retry: the payload's JSON, as submit sends it (Celery's
-    # default would be a Python repr). A dict: Celery's stubs leave ``argsrepr`` out.
-    shown: dict[str, Any] = {"argsrepr": shown_args(model.model_dump(mode="json"))}
+
+    def shown() -> dict[str, Any]:
+        # What Flower shows as args on a retry: the payload's JSON, as submit sends it (Celery's
+        # default would be a Python repr). Built only when a retry is sent. A dict: Celery's
+        # stubs leave ``argsrepr`` out.
+        return {"argsrepr": shown_args(model.model_dump(mode="json"))}
 
     token = ""
     scoped = scoped_key(typed.name, key) if key is not None else None
@@ -185,7 +188,7 @@ def _execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
             return claim.value
         if claim.state == "busy":
             # Another delivery of this key is running; look again once its lease could lapse.
-            raise task.retry(countdown=lease / 2, headers=headers, **shown)
+            raise task.retry(countdown=lease / 2, headers=headers, **shown())
 
     # The claim is renewed until the completion is stored, however long the broker is away.
     with runtime.running(scoped, token):
@@ -205,7 +208,7 @@ def _execute(typed: TypedTask[Any, Any], task: VoxTask, payload: Any) -> str:
                     exc=exc,
                     countdown=delay,
                     headers={**headers, HEADER_ATTEMPT: number + 1},  # type: ignore[dict-item]
-                    **shown,
+                    **shown(),
                 ) from exc
             reason = (
                 DeadLetterReason.EXHAUSTED
