@@ -26,12 +26,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from vox_flow.errors import JsonValueError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = [
     "MAX_DEPTH",
@@ -203,13 +206,8 @@ def _walk_floats(value: Any, depth: int) -> None:
         return
     if depth > MAX_DEPTH:
         return  # the JSON dump, as deep, has been refused already
-    if isinstance(value, BaseModel):
-        items: Any = ((name, getattr(value, name, None)) for name in type(value).model_fields)
-    elif isinstance(value, dict):
-        items = ((str(key), item) for key, item in value.items())
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        items = enumerate(value)
-    else:
+    items = _children(value)
+    if items is None:
         return
     for key, item in items:
         try:
@@ -217,6 +215,17 @@ def _walk_floats(value: Any, depth: int) -> None:
         except _Bad as bad:
             bad.trail.append(key)
             raise
+
+
+def _children(value: Any) -> Iterator[tuple[str | int, Any]] | None:
+    """(name or index, value) of each part of a model, dict or collection; None for a leaf."""
+    if isinstance(value, BaseModel):
+        return ((name, getattr(value, name, None)) for name in type(value).model_fields)
+    if isinstance(value, dict):
+        return ((str(key), item) for key, item in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return enumerate(value)
+    return None
 
 
 def _unserializable(model: BaseModel, field: str, exc: BaseException) -> JsonValueError:
@@ -230,15 +239,10 @@ def _unserializable(model: BaseModel, field: str, exc: BaseException) -> JsonVal
 
 def _find_unserializable(value: Any, depth: int) -> None:
     """Raise _Bad at the first part of ``value`` (at nesting ``depth``) that has no JSON form."""
-    if isinstance(value, (BaseModel, dict, list, tuple, set, frozenset)) and depth > MAX_DEPTH:
+    items = _children(value)
+    if items is not None and depth > MAX_DEPTH:
         raise _Bad(f"nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, BaseModel):
-        items: Any = ((name, getattr(value, name)) for name in type(value).model_fields)
-    elif isinstance(value, dict):
-        items = ((str(key), item) for key, item in value.items())
-    elif isinstance(value, (list, tuple, set, frozenset)):
-        items = enumerate(value)
-    else:
+    if items is None:
         try:
             to_jsonable_python(value)
         except (ValueError, TypeError) as exc:

@@ -193,7 +193,7 @@ class Channel(_RedisChannel):  # type: ignore[misc]
     _vf_sent: str | None = None
     _vf_waiting = False  # the last fetch found every queue empty: wait on the bells next
     _vf_script_loaded = True
-    _vf_no_ack: frozenset[str] | set[str] = frozenset()  # queues consumed without acks
+    _vf_no_ack: frozenset[str] = frozenset()  # queues consumed without acks
 
     # --- keys
 
@@ -248,7 +248,7 @@ class Channel(_RedisChannel):  # type: ignore[misc]
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         no_ack = kwargs.get("no_ack", args[0] if args else False)
         if no_ack:
-            self._vf_no_ack = {*self._vf_no_ack, queue}
+            self._vf_no_ack = self._vf_no_ack | {queue}
         return super().basic_consume(queue, *args, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
@@ -256,11 +256,8 @@ class Channel(_RedisChannel):  # type: ignore[misc]
         self._vf_no_ack = self._vf_no_ack - {queue}
         return super().basic_cancel(consumer_tag)
 
-    def _acked_consumers_only(self) -> bool:
-        return not self._vf_no_ack
-
     def _brpop_start(self, timeout: float | None = None) -> None:
-        if not self._acked_consumers_only():
+        if self._vf_no_ack:  # a consumer without acks takes kombu's own fetch
             self._vf_sent = None
             super()._brpop_start(timeout)
             return None
